@@ -1,0 +1,50 @@
+//! Shared test helpers and the one table of tolerances.
+#![allow(dead_code)]
+
+use bk_infer::workload::Rng;
+use bk_infer::{Problem, H0};
+use num_complex::Complex64;
+
+/// Tolerances, per path, in one place (relative L2 against the f64 oracle unless noted).
+pub mod tol {
+    /// CPU f32 path, |Im z| ≥ 0.1 (the bound).
+    pub const F32_IMZ_GE_0_1: f64 = 1e-6;
+    /// CPU f32 path at Im z = 0.01, N = 4096: a plain f32 recursion reaches ≈ 2.3e-6.
+    pub const F32_IMZ_0_01: f64 = 2.3e-6;
+    /// f64 compute paths against the oracle.
+    pub const F64: f64 = 1e-12;
+    /// The oracle against the dense inverse, small N.
+    pub const ORACLE_VS_DENSE: f64 = 1e-10;
+}
+
+/// Random H0: diagonal in [−3, 3], off-diagonals in [0.2, 2] (so k > 0, Hermitian-like).
+pub fn random_h0(rng: &mut Rng, n: usize) -> H0 {
+    H0 {
+        diag: (0..n).map(|_| rng.range(-3.0, 3.0)).collect(),
+        sup: (0..n.saturating_sub(1))
+            .map(|_| rng.range(0.2, 2.0))
+            .collect(),
+        sub: (0..n.saturating_sub(1))
+            .map(|_| rng.range(0.2, 2.0))
+            .collect(),
+    }
+}
+
+/// z with Im z log-uniform in [im_lo, im_hi] and Re z in [−2, 2].
+pub fn random_z(rng: &mut Rng, im_lo: f64, im_hi: f64) -> Complex64 {
+    let im = (im_lo.ln() + (im_hi.ln() - im_lo.ln()) * rng.uniform()).exp();
+    Complex64::new(rng.range(-2.0, 2.0), im)
+}
+
+pub fn random_problem(rng: &mut Rng, n: usize, im_lo: f64, im_hi: f64) -> Problem {
+    let h0 = if rng.uniform() < 0.3 {
+        H0::laplacian(n)
+    } else {
+        random_h0(rng, n)
+    };
+    Problem::new(h0, random_z(rng, im_lo, im_hi)).unwrap()
+}
+
+pub fn normal_f32(rng: &mut Rng, len: usize, sigma: f64) -> Vec<f32> {
+    (0..len).map(|_| (sigma * rng.normal()) as f32).collect()
+}
