@@ -19,9 +19,12 @@
 
 pub mod backend;
 pub mod error;
+pub mod io;
 pub mod layout;
+pub mod model;
 pub mod plan;
 pub mod problem;
+pub mod ptq;
 pub mod quant;
 pub mod reference;
 pub mod stats;
@@ -29,5 +32,6 @@ pub mod workload;
 
 pub use backend::cpu::CpuBackend;
 pub use error::{BkError, Result};
+pub use model::{Layer, Model, ModelMeta};
 pub use plan::QuantPlan;
 pub use problem::{NanPolicy, Problem, H0};

@@ -77,3 +77,30 @@ fn timing() {
         println!("{rows}x{n}: min {:.1} us  p10 {:.1} us  med {:.1} us  -> {:.0} Melem/s (p10)", times[0] * 1e6, times[30] * 1e6, times[150] * 1e6, (rows * n) as f64 / times[30] / 1e6);
     }
 }
+
+#[test]
+#[ignore]
+fn timing_quant() {
+    use bk_infer::quant::*;
+    let cpu = CpuBackend::new();
+    let (rows, n) = (8usize, 512usize);
+    let p = Problem::laplacian(n, Complex64::new(0.0, 1.0)).unwrap();
+    let v = bk_infer::workload::Potential::SEED.sample(&mut bk_infer::workload::Rng::new(7), rows, n);
+    let spec = QuantSpec::for_v(Bits::Int8, 1);
+    let tq = TensorQuant::new_static(spec, AffineParams { scale: vec![0.03; n], zero: None });
+    let q = QTensor::quantize("v", &tq, &v, rows, n).unwrap();
+    let gspec = QuantSpec::for_g(Bits::Int8, 1);
+    let gq = TensorQuant::new_static(gspec, AffineParams { scale: vec![0.003; n], zero: Some(vec![0; n]) });
+    let opts = SolveOptions::default();
+    for (name, input, fmt) in [("q->c64", VInput::Quant(&q), GFormat::C64), ("f32->q", VInput::F32(&v), GFormat::Quant(ComplexQuant { re: gq.clone(), im: gq.clone() }))] {
+        let mut out = GOutput::alloc(&fmt, rows, n).unwrap();
+        let mut times = vec![];
+        for _ in 0..20000 {
+            let t = std::time::Instant::now();
+            cpu.solve_into(&p, input, &mut out, &opts).unwrap();
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("{name}: min {:.1} us med {:.1} us", times[0] * 1e6, times[10000] * 1e6);
+    }
+}

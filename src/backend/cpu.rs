@@ -366,18 +366,20 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
             VInput::Quant(q) => {
                 let spec = *q.spec();
                 let g = spec.group_size;
+                let codes: [&[u8]; L] = std::array::from_fn(|l| q.row_codes(rows[l]));
+                let params: [(&[f32], Option<&[i16]>); L] = std::array::from_fn(|l| row_params(&spec, q.params(), rows[l], n));
                 let param = |l: usize, i: usize| {
-                    let (scale, zero) = row_params(&spec, q.params(), rows[l], n);
+                    let (scale, zero) = params[l];
                     (scale[i / g], zero.map_or(0, |z| z[i / g] as i32))
                 };
                 match spec.bits {
                     Bits::Int8 => Self::fill_with(v, i0, |l, i| {
                         let (s, z) = param(l, i);
-                        T::from_f32(codec::dequantize(q.row_codes(rows[l])[i] as i8 as i32, s, z))
+                        T::from_f32(codec::dequantize(codes[l][i] as i8 as i32, s, z))
                     }),
                     Bits::Int4 => Self::fill_with(v, i0, |l, i| {
                         let (s, z) = param(l, i);
-                        T::from_f32(codec::dequantize(codec::int4_at(q.row_codes(rows[l]), i) as i32, s, z))
+                        T::from_f32(codec::dequantize(codec::int4_at(codes[l], i) as i32, s, z))
                     }),
                 }
             }
@@ -418,7 +420,7 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
 
     #[inline(always)]
     fn drain(&mut self, i0: usize, re: &[[T; L]], im: &[[T; L]]) {
-        let (n, live, stream) = (self.ctx.n, self.live, self.ctx.stream);
+        let (n, live) = (self.ctx.n, self.live);
         match &mut *self.chunk {
             Chunk::C64(_) => {} // stored after the tile, rows front to back (see store_unfused)
             Chunk::C128(out) => {
@@ -463,6 +465,34 @@ fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &m
     }
 }
 
+/// Codes of position `i` for all lanes, with static `params` or the per-lane dynamic ones.
+#[inline(always)]
+fn lane_codes<T: Real, const L: usize>(
+    g: &[[T; L]],
+    i: usize,
+    gs: usize,
+    spec: &QuantSpec,
+    params: Option<&AffineParams>,
+    lane_params: &[[(f32, i32); L]],
+    out: &mut [i32; L],
+) {
+    let (qmin, qmax, j) = (spec.qmin(), spec.qmax(), i / gs);
+    match params {
+        Some(p) => {
+            let (s, z) = p.get(j);
+            for l in 0..L {
+                out[l] = codec::quantize(g[i][l].to_f32(), s, z, qmin, qmax);
+            }
+        }
+        None => {
+            let lp = &lane_params[j];
+            for l in 0..L {
+                out[l] = codec::quantize(g[i][l].to_f32(), lp[l].0, lp[l].1, qmin, qmax);
+            }
+        }
+    }
+}
+
 /// Quantizes one part (re or im) of a tile's G into codes, computing per-row parameters first
 /// when the spec is dynamic.
 #[inline(always)]
@@ -494,33 +524,31 @@ fn store_quant<T: Real, const L: usize>(g: &[[T; L]], live: usize, q: &mut QChun
             }
         }
     }
-    let param = |l: usize, i: usize| -> (f32, i32) {
-        let j = i / gs;
-        match q.params {
-            Some(p) => p.get(j),
-            None => lane_params[j][l],
-        }
-    };
-    let (qmin, qmax) = (spec.qmin(), spec.qmax());
-    let code = |l: usize, i: usize| {
-        let (s, z) = param(l, i);
-        codec::quantize(g[i][l].to_f32(), s, z, qmin, qmax)
-    };
+    // Codes of position i for every lane, computed lane-parallel (vectorised), then scattered to
+    // the rows.
+    let params = q.params;
+    let codes_at = |i: usize, out: &mut [i32; L]| lane_codes(g, i, gs, &spec, params, lane_params, out);
     let rb = spec.bits.row_bytes(n);
+    let (mut a, mut b) = ([0i32; L], [0i32; L]);
     match spec.bits {
         Bits::Int8 => {
             for i in 0..n {
+                codes_at(i, &mut a);
                 for l in 0..live {
-                    q.codes[l * rb + i] = code(l, i) as i8 as u8;
+                    q.codes[l * rb + i] = a[l] as i8 as u8;
                 }
             }
         }
         Bits::Int4 => {
-            for b in 0..rb {
+            for byte in 0..rb {
+                codes_at(2 * byte, &mut a);
+                if 2 * byte + 1 < n {
+                    codes_at(2 * byte + 1, &mut b);
+                } else {
+                    b = [0; L];
+                }
                 for l in 0..live {
-                    let lo = (code(l, 2 * b) as u8) & 0x0f;
-                    let hi = if 2 * b + 1 < n { (code(l, 2 * b + 1) as u8) & 0x0f } else { 0 };
-                    q.codes[l * rb + b] = lo | (hi << 4);
+                    q.codes[l * rb + byte] = ((a[l] as u8) & 0x0f) | (((b[l] as u8) & 0x0f) << 4);
                 }
             }
         }

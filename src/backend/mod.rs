@@ -231,6 +231,18 @@ pub fn select(device: &str) -> Result<Box<dyn Backend>> {
     }
 }
 
+/// What this build knows about CUDA: compiled kernel architectures and visible devices.
+pub fn cuda_info() -> Vec<String> {
+    #[cfg(bk_cuda)]
+    {
+        cuda::info()
+    }
+    #[cfg(not(bk_cuda))]
+    {
+        vec!["kernels: none (built without nvcc; see README, \"GPU builds\")".to_string()]
+    }
+}
+
 #[cfg(bk_cuda)]
 fn cuda_backend() -> Result<Box<dyn Backend>> {
     Ok(Box::new(cuda::CudaBackend::new(0)?))

@@ -23,6 +23,8 @@ pub enum Method {
 
 impl Method {
     pub const DEFAULT_PERCENTILE: f64 = 99.99;
+    /// The method used when none is named: the best static method on the seed's workload.
+    pub const DEFAULT: Method = Method::Mse;
 
     /// The spec this method actually produces for a requested one: absmax is symmetric.
     pub fn adjust(&self, spec: QuantSpec) -> QuantSpec {

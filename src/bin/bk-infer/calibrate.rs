@@ -1,0 +1,79 @@
+//! `bk-infer calibrate`: scales from calibration potentials, written to a model file.
+
+use crate::common::{group_size, parse_method, ExecArgs, Precision, ProblemArgs};
+use anyhow::{Context, Result};
+use bk_infer::model::{Model, ModelMeta};
+use bk_infer::quant::calibrate::{CalibrationConfig, Calibrator, Method};
+use bk_infer::quant::QuantSpec;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Calibration potentials: .npy of shape (samples, N), float32/float64/float16.
+    #[arg(long, value_name = "CAL.npy")]
+    pub input: PathBuf,
+    /// Precision of v and G.
+    #[arg(long, value_enum)]
+    pub precision: Precision,
+    /// Override the precision of G (e.g. `fp32` to quantize only v).
+    #[arg(long, value_enum)]
+    pub output_precision: Option<Precision>,
+    /// Positions per quantization group along the sequence (default: 1, per position, for INT8;
+    /// 128 for INT4).
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    /// absmax (the seed's), percentile[:P] (default P = 99.99) or mse (clip search).
+    /// Default: the best static method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Rows fed to the observers per calibration batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_rows: usize,
+    /// Model file to write.
+    #[arg(long, short, value_name = "MODEL.safetensors")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub problem: ProblemArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let batch = bk_infer::io::read_potentials(&a.input)?;
+    let p = a.problem.problem(batch.n)?;
+    let method = a.method.as_deref().map(parse_method).transpose()?.unwrap_or(Method::DEFAULT);
+    let spec = |prec: Precision, for_g: bool| -> Result<Option<QuantSpec>> {
+        prec.bits()
+            .map(|b| {
+                let g = group_size(b, a.group_size)?;
+                Ok(if for_g { QuantSpec::for_g(b, g) } else { QuantSpec::for_v(b, g) })
+            })
+            .transpose()
+    };
+    let cfg = CalibrationConfig {
+        v: spec(a.precision, false)?,
+        g: spec(a.output_precision.unwrap_or(a.precision), true)?,
+        method,
+    };
+    let backend = a.exec.backend()?;
+    let mut cal = Calibrator::new(p.clone(), cfg)?;
+    let v = batch.to_f32();
+    let rows_per = a.batch_rows.max(1);
+    for chunk in v.chunks(rows_per * batch.n) {
+        cal.collect(backend.as_ref(), chunk).with_context(|| format!("calibrating on {}", a.input.display()))?;
+    }
+    let c = cal.end()?;
+    let meta = ModelMeta { calibration_method: c.method.clone(), calibration_samples: c.samples, ..ModelMeta::default() };
+    let model = Model::single(p, c.plan.clone(), meta)?;
+    model.save(&a.output)?;
+    println!(
+        "calibrated {} on {} rows of N = {} ({}, {}) -> {}",
+        c.plan.label(),
+        c.samples,
+        batch.n,
+        c.method,
+        backend.device(),
+        a.output.display()
+    );
+    Ok(())
+}

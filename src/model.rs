@@ -1,0 +1,306 @@
+//! Model files: one safetensors file holds, per BK layer, N, H0, z and the quantization plan
+//! (format of v and G, all scales and zero points), plus metadata. Loading validates everything
+//! and names the tensor or key at fault.
+//!
+//! Layout (format version 1), for each layer k:
+//! - tensors `layers.{k}.h0_diag` F64 [N], `layers.{k}.h0_super` / `h0_sub` F64 [N−1],
+//!   `layers.{k}.z` F64 [2] (re, im);
+//! - for each quantized static tensor t ∈ {v, g.re, g.im}: `layers.{k}.{t}.scale` F32 [groups]
+//!   and, when asymmetric, `layers.{k}.{t}.zero` I16 [groups];
+//! - metadata `layers.{k}.n`, `layers.{k}.{v|g}.precision` (fp32 | int8 | int4),
+//!   `.group_size`, `.symmetric`, `.dynamic`.
+//!
+//! Global metadata: `format` = `bk-infer-model`, `format_version`, `layers`,
+//! `calibration_method`, `calibration_samples`, `created_by`.
+
+use crate::error::{BkError, Result};
+use crate::plan::QuantPlan;
+use crate::problem::{Problem, H0};
+use crate::quant::{AffineParams, Bits, ComplexQuant, QuantSpec, TensorQuant};
+use num_complex::Complex64;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "bk-infer-model";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One BK layer: its problem and how its tensors are stored.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub problem: Problem,
+    pub plan: QuantPlan,
+}
+
+/// Where a model came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelMeta {
+    pub calibration_method: String,
+    pub calibration_samples: usize,
+    pub created_by: String,
+}
+
+impl Default for ModelMeta {
+    fn default() -> Self {
+        ModelMeta {
+            calibration_method: "none".into(),
+            calibration_samples: 0,
+            created_by: format!("bk-infer {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub layers: Vec<Layer>,
+    pub meta: ModelMeta,
+}
+
+impl Model {
+    pub fn single(problem: Problem, plan: QuantPlan, meta: ModelMeta) -> Result<Self> {
+        plan.validate(problem.n())?;
+        Ok(Model { layers: vec![Layer { problem, plan }], meta })
+    }
+
+    /// Layer `k`, or an error naming the valid range.
+    pub fn layer(&self, k: usize) -> Result<&Layer> {
+        self.layers.get(k).ok_or_else(|| {
+            BkError::InvalidArgument(format!("layer {k} does not exist: the model has {} layer(s)", self.layers.len()))
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_bytes(path)?;
+        std::fs::write(path, bytes).map_err(|e| BkError::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|e| BkError::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Serialises to safetensors bytes; `path` only names the file in errors.
+    pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
+        let mut meta: HashMap<String, String> = HashMap::new();
+        meta.insert("format".into(), FORMAT.into());
+        meta.insert("format_version".into(), FORMAT_VERSION.to_string());
+        meta.insert("layers".into(), self.layers.len().to_string());
+        meta.insert("calibration_method".into(), self.meta.calibration_method.clone());
+        meta.insert("calibration_samples".into(), self.meta.calibration_samples.to_string());
+        meta.insert("created_by".into(), self.meta.created_by.clone());
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        let f64s = |x: &[f64]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        for (k, layer) in self.layers.iter().enumerate() {
+            let p = &layer.problem;
+            let n = p.n();
+            let pre = format!("layers.{k}");
+            meta.insert(format!("{pre}.n"), n.to_string());
+            tensors.push((format!("{pre}.h0_diag"), Dtype::F64, vec![n], f64s(&p.h0().diag)));
+            tensors.push((format!("{pre}.h0_super"), Dtype::F64, vec![n - 1], f64s(&p.h0().sup)));
+            tensors.push((format!("{pre}.h0_sub"), Dtype::F64, vec![n - 1], f64s(&p.h0().sub)));
+            tensors.push((format!("{pre}.z"), Dtype::F64, vec![2], f64s(&[p.z().re, p.z().im])));
+            let mut put = |name: String, tq: Option<&TensorQuant>| {
+                let Some(tq) = tq else {
+                    meta.insert(format!("{name}.precision"), "fp32".into());
+                    return;
+                };
+                let s = tq.spec;
+                meta.insert(format!("{name}.precision"), bits_name(s.bits).into());
+                meta.insert(format!("{name}.group_size"), s.group_size.to_string());
+                meta.insert(format!("{name}.symmetric"), s.symmetric.to_string());
+                meta.insert(format!("{name}.dynamic"), s.dynamic.to_string());
+                if let Some(params) = &tq.params {
+                    let scale: Vec<u8> = params.scale.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    tensors.push((format!("{name}.scale"), Dtype::F32, vec![params.scale.len()], scale));
+                    if let Some(z) = &params.zero {
+                        let zero: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        tensors.push((format!("{name}.zero"), Dtype::I16, vec![z.len()], zero));
+                    }
+                }
+            };
+            put(format!("{pre}.v"), layer.plan.v.as_ref());
+            match &layer.plan.g {
+                Some(g) => {
+                    put(format!("{pre}.g.re"), Some(&g.re));
+                    put(format!("{pre}.g.im"), Some(&g.im));
+                    meta.insert(format!("{pre}.g.precision"), bits_name(g.re.spec.bits).into());
+                }
+                None => put(format!("{pre}.g"), None),
+            }
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, dt, shape, data)| {
+                TensorView::new(*dt, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| BkError::ModelTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    msg: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, Some(meta)).map_err(|e| BkError::Model { path: path.to_path_buf(), msg: e.to_string() })
+    }
+
+    /// Parses and validates safetensors bytes; `path` names the file in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Model> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| BkError::Model {
+            path: path.to_path_buf(),
+            msg: format!("not a readable safetensors file: {e}"),
+        })?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| BkError::Model { path: path.to_path_buf(), msg: format!("unreadable header: {e}") })?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let r = Reader { path: path.to_path_buf(), st, meta };
+        if r.meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(r.err(format!("metadata `format` must be `{FORMAT}`: this is not a bk-infer model file")));
+        }
+        let version: u32 = r.parse("format_version")?;
+        if version != FORMAT_VERSION {
+            return Err(r.err(format!("format_version {version} is not supported (this build reads {FORMAT_VERSION})")));
+        }
+        let count: usize = r.parse("layers")?;
+        if count == 0 {
+            return Err(r.err("`layers` must be at least 1"));
+        }
+        let layers = (0..count).map(|k| r.layer(k)).collect::<Result<Vec<_>>>()?;
+        let meta = ModelMeta {
+            calibration_method: r.meta.get("calibration_method").cloned().unwrap_or_else(|| "unknown".into()),
+            calibration_samples: r.parse_or("calibration_samples", 0)?,
+            created_by: r.meta.get("created_by").cloned().unwrap_or_default(),
+        };
+        Ok(Model { layers, meta })
+    }
+}
+
+fn bits_name(b: Bits) -> &'static str {
+    match b {
+        Bits::Int8 => "int8",
+        Bits::Int4 => "int4",
+    }
+}
+
+struct Reader<'a> {
+    path: PathBuf,
+    st: SafeTensors<'a>,
+    meta: HashMap<String, String>,
+}
+
+impl Reader<'_> {
+    fn err(&self, msg: impl Into<String>) -> BkError {
+        BkError::Model { path: self.path.clone(), msg: msg.into() }
+    }
+    fn tensor_err(&self, tensor: &str, msg: impl Into<String>) -> BkError {
+        BkError::ModelTensor { path: self.path.clone(), tensor: tensor.into(), msg: msg.into() }
+    }
+
+    fn parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        let s = self.meta.get(key).ok_or_else(|| self.err(format!("metadata key `{key}` is missing")))?;
+        s.parse().map_err(|_| self.err(format!("metadata `{key}` = `{s}` is not a valid {}", std::any::type_name::<T>())))
+    }
+
+    fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T> {
+        if self.meta.contains_key(key) {
+            self.parse(key)
+        } else {
+            Ok(default)
+        }
+    }
+
+    /// A 1-D tensor of `len` elements of `dtype`, as raw little-endian bytes.
+    fn raw(&self, name: &str, dtype: Dtype, len: usize) -> Result<&[u8]> {
+        let t = self.st.tensor(name).map_err(|_| self.tensor_err(name, "missing"))?;
+        if t.dtype() != dtype {
+            return Err(self.tensor_err(name, format!("dtype {:?}, expected {dtype:?}", t.dtype())));
+        }
+        if t.shape() != [len] {
+            return Err(self.tensor_err(name, format!("shape {:?}, expected [{len}]", t.shape())));
+        }
+        Ok(t.data())
+    }
+
+    fn f64s(&self, name: &str, len: usize) -> Result<Vec<f64>> {
+        let d = self.raw(name, Dtype::F64, len)?;
+        let v: Vec<f64> = d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(self.tensor_err(name, format!("element {i} is {}", v[i])));
+        }
+        Ok(v)
+    }
+
+    fn layer(&self, k: usize) -> Result<Layer> {
+        let pre = format!("layers.{k}");
+        let n: usize = self.parse(&format!("{pre}.n"))?;
+        if n == 0 {
+            return Err(self.err(format!("`{pre}.n` must be at least 1")));
+        }
+        let h0 = H0 {
+            diag: self.f64s(&format!("{pre}.h0_diag"), n)?,
+            sup: self.f64s(&format!("{pre}.h0_super"), n - 1)?,
+            sub: self.f64s(&format!("{pre}.h0_sub"), n - 1)?,
+        };
+        let z = self.f64s(&format!("{pre}.z"), 2)?;
+        let problem = Problem::new(h0, Complex64::new(z[0], z[1])).map_err(|e| self.err(format!("layer {k}: {e}")))?;
+        let v = self.tensor_quant(&format!("{pre}.v"), &format!("{pre}.v"), n)?;
+        let g_prec: String = self.parse(&format!("{pre}.g.precision"))?;
+        let g = if g_prec == "fp32" {
+            None
+        } else {
+            let re = self.tensor_quant(&format!("{pre}.g.re"), &format!("{pre}.g.re"), n)?;
+            let im = self.tensor_quant(&format!("{pre}.g.im"), &format!("{pre}.g.im"), n)?;
+            match (re, im) {
+                (Some(re), Some(im)) => Some(ComplexQuant { re, im }),
+                _ => return Err(self.err(format!("`{pre}.g.re` and `{pre}.g.im` must both be quantized"))),
+            }
+        };
+        let plan = QuantPlan { v, g };
+        plan.validate(n).map_err(|e| self.err(format!("layer {k}: {e}")))?;
+        Ok(Layer { problem, plan })
+    }
+
+    /// The format of one real tensor (`None` for fp32) with its static parameters.
+    fn tensor_quant(&self, key: &str, tensor: &str, n: usize) -> Result<Option<TensorQuant>> {
+        let prec: String = self.parse(&format!("{key}.precision"))?;
+        let bits = match prec.as_str() {
+            "fp32" => return Ok(None),
+            "int8" => Bits::Int8,
+            "int4" => Bits::Int4,
+            other => return Err(self.err(format!("`{key}.precision` = `{other}`: expected fp32, int8 or int4"))),
+        };
+        let spec = QuantSpec {
+            bits,
+            group_size: self.parse(&format!("{key}.group_size"))?,
+            symmetric: self.parse(&format!("{key}.symmetric"))?,
+            dynamic: self.parse(&format!("{key}.dynamic"))?,
+        };
+        spec.validate(tensor).map_err(|e| self.err(e.to_string()))?;
+        if spec.dynamic {
+            return Ok(Some(TensorQuant::dynamic(spec)));
+        }
+        let groups = spec.groups(n);
+        let scale_name = format!("{tensor}.scale");
+        let scale: Vec<f32> = self
+            .raw(&scale_name, Dtype::F32, groups)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+            .collect();
+        if let Some(i) = scale.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(self.tensor_err(&scale_name, format!("scale[{i}] = {} must be finite and > 0", scale[i])));
+        }
+        let zero_name = format!("{tensor}.zero");
+        let zero = if spec.symmetric {
+            if self.st.tensor(&zero_name).is_ok() {
+                return Err(self.tensor_err(&zero_name, "present, but the tensor is symmetric"));
+            }
+            None
+        } else {
+            Some(
+                self.raw(&zero_name, Dtype::I16, groups)?
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes(b.try_into().unwrap_or([0; 2])))
+                    .collect(),
+            )
+        };
+        Ok(Some(TensorQuant::new_static(spec, AffineParams { scale, zero })))
+    }
+}
