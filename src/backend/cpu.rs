@@ -340,6 +340,30 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
         Ok((vmax, (0..self.live).filter(|&l| self.bad_out[l] != T::ZERO).collect()))
     }
 
+    /// Applies the NaN policy to a block holding a non-finite value (the rare path).
+    #[cold]
+    fn non_finite(&mut self, i0: usize, v: &mut [[T; L]]) {
+        match self.ctx.policy {
+            NanPolicy::Propagate => {}
+            NanPolicy::Zero => v.iter_mut().flat_map(|lane| lane.iter_mut()).for_each(|x| {
+                if !finite(*x) {
+                    *x = T::ZERO;
+                }
+            }),
+            NanPolicy::Error => {
+                for (ii, lane) in v.iter().enumerate() {
+                    if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
+                        let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
+                        // Report the earliest row, then the earliest position in it.
+                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
+                            self.first_bad = Some(here);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn fill_with(v: &mut [[T; L]], i0: usize, get: impl Fn(usize, usize) -> T) {
         for l in 0..L {
@@ -384,36 +408,21 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                 }
             }
         }
-        // Finiteness and magnitude, vectorised over lanes.
+        // Finiteness, vectorised over lanes.
         let mut bad = [T::ZERO; L];
         for lane in v.iter() {
             for l in 0..L {
-                let x = lane[l];
-                bad[l] = bad[l] + (x - x);
-                let a = if x < T::ZERO { -x } else { x };
-                self.vmax[l] = if a > self.vmax[l] { a } else { self.vmax[l] };
+                bad[l] = bad[l] + (lane[l] - lane[l]);
             }
         }
-        if bad[..self.live].iter().all(|b| *b == T::ZERO) {
-            return;
+        if bad[..self.live].iter().any(|b| *b != T::ZERO) {
+            self.non_finite(i0, v);
         }
-        match self.ctx.policy {
-            NanPolicy::Propagate => {}
-            NanPolicy::Zero => v.iter_mut().flat_map(|lane| lane.iter_mut()).for_each(|x| {
-                if !finite(*x) {
-                    *x = T::ZERO;
-                }
-            }),
-            NanPolicy::Error => {
-                for (ii, lane) in v.iter().enumerate() {
-                    if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
-                        let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
-                        // Report the earliest row, then the earliest position in it.
-                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
-                            self.first_bad = Some(here);
-                        }
-                    }
-                }
+        // Magnitude, after the policy replaced what it replaces.
+        for lane in v.iter() {
+            for l in 0..L {
+                let a = if lane[l] < T::ZERO { -lane[l] } else { lane[l] };
+                self.vmax[l] = if a > self.vmax[l] { a } else { self.vmax[l] };
             }
         }
     }

@@ -184,7 +184,7 @@ pub trait Backend: Send + Sync {
 
     /// G for every row of `v`, in a new output of format `fmt`.
     fn solve(&self, p: &Problem, v: VInput<'_>, fmt: &GFormat, opts: &SolveOptions) -> Result<Solved> {
-        let rows = p.rows_of("v", v.len())?;
+        let rows = input_rows(p, &v)?;
         let mut g = GOutput::alloc(fmt, rows, p.n())?;
         let info = self.solve_into(p, v, &mut g, opts)?;
         Ok(Solved { g, rows: info.rows, rows_f64: info.rows_f64 })
@@ -196,7 +196,7 @@ pub trait Backend: Send + Sync {
 /// (the CPU checks them while it loads tiles; see [`crate::problem::apply_nan_policy`]).
 pub(crate) fn check_call(p: &Problem, v: &VInput<'_>, out: &GOutput) -> Result<usize> {
     let n = p.n();
-    let rows = p.rows_of("v", v.len())?;
+    let rows = input_rows(p, v)?;
     if out.len() != rows * n {
         return Err(BkError::shape("g", format!("({rows}, {n}) output"), format!("{} values", out.len())));
     }
@@ -208,12 +208,17 @@ pub(crate) fn check_call(p: &Problem, v: &VInput<'_>, out: &GOutput) -> Result<u
             return Err(BkError::quant("g", "real and imaginary parts must share bits and group size"));
         }
     }
+    Ok(rows)
+}
+
+/// Rows of an input of this problem's N.
+pub(crate) fn input_rows(p: &Problem, v: &VInput<'_>) -> Result<usize> {
     if let VInput::Quant(q) = v {
-        if q.n() != n {
-            return Err(BkError::shape("v", format!("N = {n}"), format!("N = {}", q.n())));
+        if q.n() != p.n() {
+            return Err(BkError::shape("v", format!("N = {}", p.n()), format!("N = {}", q.n())));
         }
     }
-    Ok(rows)
+    p.rows_of("v", v.len())
 }
 
 /// Whether `Compute::Auto` starts in f64 for this problem.
