@@ -18,6 +18,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod io;
 pub mod layout;

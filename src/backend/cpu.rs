@@ -45,6 +45,23 @@ impl Backend for CpuBackend {
         format!("{}, {} threads, {simd}", cpu_model(), rayon::current_num_threads())
     }
 
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        // All threads copy their share of a buffer larger than the caches; median of a few runs.
+        let len = (bytes / 8).max(1 << 16);
+        let src: Vec<u64> = (0..len as u64).collect();
+        let mut dst = vec![0u64; len];
+        let chunk = len.div_ceil(rayon::current_num_threads());
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        std::hint::black_box(&dst);
+        Ok((2 * len * 8) as f64 / times[times.len() / 2])
+    }
+
     fn solve_into(&self, p: &Problem, v: VInput<'_>, out: &mut GOutput, opts: &SolveOptions) -> Result<SolveInfo> {
         let rows = check_call(p, &v, out)?;
         let mode = match opts.compute {

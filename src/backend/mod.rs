@@ -189,6 +189,31 @@ pub trait Backend: Send + Sync {
         let info = self.solve_into(p, v, &mut g, opts)?;
         Ok(Solved { g, rows: info.rows, rows_f64: info.rows_f64 })
     }
+
+    /// Seconds per call of `reps` solves, cycling through `inputs` (several input sets, so that
+    /// repeated calls do not just measure a cache). The default times `solve_into` on the host
+    /// clock, which is exact for a synchronous backend; a device backend overrides it to keep
+    /// inputs and output resident on the device and time with device events.
+    fn time_solves(&self, p: &Problem, inputs: &[VInput<'_>], fmt: &GFormat, opts: &SolveOptions, reps: usize) -> Result<Vec<f64>> {
+        let first = inputs.first().ok_or_else(|| BkError::InvalidArgument("time_solves needs at least one input".into()))?;
+        let mut out = GOutput::alloc(fmt, input_rows(p, first)?, p.n())?;
+        // One untimed call per input set: first-touch page faults and lazy set-up stay out.
+        for v in inputs {
+            self.solve_into(p, *v, &mut out, opts)?;
+        }
+        (0..reps)
+            .map(|r| {
+                let t = std::time::Instant::now();
+                self.solve_into(p, inputs[r % inputs.len()], &mut out, opts)?;
+                Ok(t.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+
+    /// Copy bandwidth of the memory this backend computes from, in bytes per second counting
+    /// bytes read plus bytes written, measured on a buffer of `bytes` bytes (the ceiling a
+    /// memory-bound solve is compared with).
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64>;
 }
 
 /// Checks shapes and quantization parameters of a call, in one place for every backend.

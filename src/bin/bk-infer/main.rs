@@ -1,6 +1,7 @@
 //! `bk-infer`: the command-line front end. Library errors are typed; here they become anyhow
 //! errors with context and a non-zero exit.
 
+mod bench;
 mod calibrate;
 mod common;
 mod info;
@@ -39,6 +40,8 @@ enum Cmd {
     Infer(infer::Args),
     /// Version, backends, compiled kernels and visible devices.
     Info(info::Args),
+    /// Benchmark: copy bandwidth, then shapes × formats with time, throughput and error.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
         Some(Cmd::Calibrate(a)) => calibrate::main(a),
         Some(Cmd::Infer(a)) => infer::main(a),
         Some(Cmd::Info(a)) => info::main(a),
+        Some(Cmd::Bench(a)) => bench::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
