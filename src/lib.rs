@@ -36,3 +36,8 @@ pub use error::{BkError, Result};
 pub use model::{Layer, Model, ModelMeta};
 pub use plan::QuantPlan;
 pub use problem::{NanPolicy, Problem, H0};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
