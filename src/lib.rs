@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod grad;
 pub mod io;
 pub mod layout;
 pub mod model;

@@ -18,6 +18,8 @@ use crate::reference;
 use num_complex::{Complex32, Complex64};
 use rayon::prelude::*;
 
+mod vjp;
+
 /// Complex outputs at least this large are written with non-temporal stores.
 const STREAM_MIN_BYTES: usize = 8 << 20;
 
@@ -61,6 +63,10 @@ impl Backend for CpuBackend {
             9..=16 => ctx.run::<16>(out),
             _ => ctx.run::<32>(out),
         }
+    }
+
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: crate::grad::GradG<'_>, out: &mut crate::grad::Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        vjp::vjp_into(p, v, g_bar, out, opts)
     }
 }
 

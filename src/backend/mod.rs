@@ -9,6 +9,7 @@ mod lanes;
 mod transpose;
 
 use crate::error::{BkError, Result};
+use crate::grad::{DvFormat, GradG, Vjp};
 use crate::problem::{NanPolicy, Problem};
 use crate::quant::{ComplexQuant, QComplex, QTensor};
 use num_complex::{Complex32, Complex64};
@@ -188,6 +189,23 @@ pub trait Backend: Send + Sync {
         let mut g = GOutput::alloc(fmt, rows, p.n())?;
         let info = self.solve_into(p, v, &mut g, opts)?;
         Ok(Solved { g, rows: info.rows, rows_f64: info.rows_f64 })
+    }
+
+    /// The backward pass: given the upstream gradient ḡ = ∂L/∂Re G + i ∂L/∂Im G of every element
+    /// of G(v), writes ∂L/∂v per element and ∂L/∂H0, ∂L/∂z summed over rows into `out` (see
+    /// [`crate::grad`] for the convention and the method). `v`, `opts` and the arithmetic are
+    /// those of [`Backend::solve_into`]. Backends without it return [`BkError::Unsupported`].
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        let _ = (p, v, g_bar, out, opts);
+        Err(BkError::Unsupported { backend: self.name().into(), op: "the backward pass (vjp)".into() })
+    }
+
+    /// [`Backend::vjp_into`] into a new output with ∂L/∂v in `fmt`.
+    fn vjp(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, fmt: DvFormat, opts: &SolveOptions) -> Result<Vjp> {
+        let rows = p.rows_of("v", v.len())?;
+        let mut out = Vjp::alloc(fmt, rows, p.n());
+        self.vjp_into(p, v, g_bar, &mut out, opts)?;
+        Ok(out)
     }
 }
 
