@@ -25,6 +25,7 @@ pub mod layout;
 pub mod model;
 pub mod plan;
 pub mod problem;
+pub mod qat;
 pub mod ptq;
 pub mod quant;
 pub mod reference;
