@@ -23,7 +23,8 @@ pub struct Args {
     #[arg(long)]
     pub group_size: Option<usize>,
     /// absmax (the seed's), percentile[:P] (default P = 99.99) or mse (clip search).
-    /// Default: the best static method.
+    /// Default: the best static method. `qat`: the best static method, then quantization-aware
+    /// training of every scale and zero point through the exact backward pass (see --qat-steps).
     #[arg(long)]
     pub method: Option<String>,
     /// Rows fed to the observers per calibration batch.
@@ -33,6 +34,8 @@ pub struct Args {
     #[arg(long, short, value_name = "MODEL.safetensors")]
     pub output: PathBuf,
     #[command(flatten)]
+    pub qat: crate::qat::QatArgs,
+    #[command(flatten)]
     pub problem: ProblemArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
@@ -41,7 +44,8 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     let batch = bk_infer::io::read_potentials(&a.input)?;
     let p = a.problem.problem(batch.n)?;
-    let method = a.method.as_deref().map(parse_method).transpose()?.unwrap_or(Method::DEFAULT);
+    let qat = crate::qat::is_qat(a.method.as_deref());
+    let method = if qat { Method::DEFAULT } else { a.method.as_deref().map(parse_method).transpose()?.unwrap_or(Method::DEFAULT) };
     let spec = |prec: Precision, for_g: bool| -> Result<Option<QuantSpec>> {
         prec.bits()
             .map(|b| {
@@ -62,7 +66,12 @@ pub fn main(a: Args) -> Result<()> {
     for chunk in v.chunks(rows_per * batch.n) {
         cal.collect(backend.as_ref(), chunk).with_context(|| format!("calibrating on {}", a.input.display()))?;
     }
-    let c = cal.end()?;
+    let mut c = cal.end()?;
+    if qat {
+        let r = crate::qat::run(backend.as_ref(), &p, &c.plan, &v, &a.qat.config(), &c.plan.label())?;
+        c.plan = r.plan;
+        c.method = format!("qat (from {}, {} steps)", c.method, a.qat.qat_steps);
+    }
     let meta = ModelMeta { calibration_method: c.method.clone(), calibration_samples: c.samples, ..ModelMeta::default() };
     let model = Model::single(p, c.plan.clone(), meta)?;
     model.save(&a.output)?;
