@@ -12,9 +12,9 @@ pub struct Args {
     /// Calibration potentials: .npy of shape (samples, N), float32/float64/float16.
     #[arg(long, value_name = "CAL.npy")]
     pub input: PathBuf,
-    /// Precision of v and G.
-    #[arg(long, value_enum)]
-    pub precision: Precision,
+    /// Precision of v and G (not with --bits-budget or --policy, which choose per tensor).
+    #[arg(long, value_enum, required_unless_present_any = ["bits_budget", "policy"])]
+    pub precision: Option<Precision>,
     /// Override the precision of G (e.g. `fp32` to quantize only v).
     #[arg(long, value_enum)]
     pub output_precision: Option<Precision>,
@@ -36,12 +36,18 @@ pub struct Args {
     #[command(flatten)]
     pub qat: crate::qat::QatArgs,
     #[command(flatten)]
+    pub mixed: crate::mixed::MixedArgs,
+    #[command(flatten)]
     pub problem: ProblemArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.mixed.active() {
+        return crate::mixed::main(&a);
+    }
+    let precision = a.precision.ok_or_else(|| anyhow::anyhow!("--precision is required without --bits-budget or --policy"))?;
     let batch = bk_infer::io::read_potentials(&a.input)?;
     let p = a.problem.problem(batch.n)?;
     let qat = crate::qat::is_qat(a.method.as_deref());
@@ -55,8 +61,8 @@ pub fn main(a: Args) -> Result<()> {
             .transpose()
     };
     let cfg = CalibrationConfig {
-        v: spec(a.precision, false)?,
-        g: spec(a.output_precision.unwrap_or(a.precision), true)?,
+        v: spec(precision, false)?,
+        g: spec(a.output_precision.unwrap_or(precision), true)?,
         method,
     };
     let backend = a.exec.backend()?;

@@ -5,6 +5,7 @@ mod calibrate;
 mod common;
 mod info;
 mod infer;
+mod mixed;
 mod qat;
 mod run;
 
