@@ -28,9 +28,10 @@ pub struct MixedArgs {
     /// H0 (--layer-h0, else --h0 or the Laplacian). The calibration rows feed every layer.
     #[arg(long, value_name = "L")]
     pub layers: Option<usize>,
-    /// z of each layer, RE,IM (sets the layer count when --layers is not given).
-    #[arg(long, value_name = "RE,IM", num_args = 1.., allow_hyphen_values = true)]
-    pub layer_z: Vec<String>,
+    /// z of each layer, `RE,IM;RE,IM;…` (e.g. "0,1;0.2,0.5;-0.3,0.25"); sets the layer count
+    /// when --layers is not given.
+    #[arg(long, value_name = "RE,IM;…", allow_hyphen_values = true)]
+    pub layer_z: Option<String>,
     /// H0 of each layer, safetensors files as for --h0 (one per layer).
     #[arg(long, value_name = "H0.safetensors", num_args = 1..)]
     pub layer_h0: Vec<std::path::PathBuf>,
@@ -46,7 +47,8 @@ impl MixedArgs {
 
     /// The layers' problems for sequences of length `n`.
     fn problems(&self, a: &Args, n: usize) -> Result<Vec<Problem>> {
-        let count = match (self.layers, self.layer_z.len(), self.layer_h0.len()) {
+        let layer_z: Vec<&str> = self.layer_z.as_deref().map_or(vec![], |s| s.split(';').map(str::trim).filter(|x| !x.is_empty()).collect());
+        let count = match (self.layers, layer_z.len(), self.layer_h0.len()) {
             (Some(0), ..) => bail!("--layers must be at least 1"),
             (Some(l), z, h) if (z != 0 && z != l) || (h != 0 && h != l) => {
                 bail!("--layers {l}: give one --layer-z and one --layer-h0 per layer (got {z} and {h})")
@@ -59,7 +61,7 @@ impl MixedArgs {
         let base = a.problem.problem(n)?;
         (0..count)
             .map(|k| {
-                let z = match self.layer_z.get(k) {
+                let z = match layer_z.get(k) {
                     Some(s) => crate::common::parse_z(s)?,
                     None => Complex64::new(base.z().re, base.z().im / f64::powi(2.0, k as i32)),
                 };
