@@ -20,11 +20,15 @@
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod grad;
 pub mod io;
 pub mod layout;
+pub mod mixed;
 pub mod model;
 pub mod plan;
+pub mod precision;
 pub mod problem;
+pub mod qat;
 pub mod ptq;
 pub mod quant;
 pub mod reference;

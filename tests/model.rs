@@ -38,7 +38,7 @@ fn every_plan_round_trips_bit_for_bit() {
             }
             _ => Some(ComplexQuant { re: tq(QuantSpec::for_g(Bits::Int4, 7), n, &mut rng), im: tq(QuantSpec::for_g(Bits::Int4, 7), n, &mut rng) }),
         };
-        layers.push(Layer { problem: p, plan: QuantPlan { v, g } });
+        layers.push(Layer { problem: p, plan: QuantPlan { v, g }, storage: Default::default() });
     }
     let meta = ModelMeta { calibration_method: "mse".into(), calibration_samples: 800, created_by: "test".into() };
     let model = Model { layers, meta: meta.clone() };

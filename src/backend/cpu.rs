@@ -15,8 +15,11 @@ use crate::problem::{NanPolicy, Problem};
 use crate::quant::tensor::row_params;
 use crate::quant::{codec, AffineParams, Bits, QComplex, QTensor, QuantSpec};
 use crate::reference;
-use num_complex::{Complex32, Complex64};
+use half::{bf16, f16};
+use num_complex::{Complex, Complex32, Complex64};
 use rayon::prelude::*;
+
+mod vjp;
 
 /// Complex outputs at least this large are written with non-temporal stores.
 const STREAM_MIN_BYTES: usize = 8 << 20;
@@ -78,6 +81,10 @@ impl Backend for CpuBackend {
             9..=16 => ctx.run::<16>(out),
             _ => ctx.run::<32>(out),
         }
+    }
+
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: crate::grad::GradG<'_>, out: &mut crate::grad::Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        vjp::vjp_into(p, v, g_bar, out, opts)
     }
 }
 
@@ -148,6 +155,8 @@ fn q_chunks(q: &mut QTensor, tile_rows: usize) -> Vec<QChunk<'_>> {
 enum Chunk<'a> {
     C64(&'a mut [Complex32]),
     C128(&'a mut [Complex64]),
+    Cf16(&'a mut [Complex<f16>]),
+    Cbf16(&'a mut [Complex<bf16>]),
     Quant(QChunk<'a>, QChunk<'a>),
 }
 
@@ -202,6 +211,8 @@ impl Ctx<'_> {
         let chunks: Vec<Chunk<'_>> = match out {
             GOutput::C64(g) => g.chunks_mut(L * n).map(Chunk::C64).collect(),
             GOutput::C128(g) => g.chunks_mut(L * n).map(Chunk::C128).collect(),
+            GOutput::Cf16(g) => g.chunks_mut(L * n).map(Chunk::Cf16).collect(),
+            GOutput::Cbf16(g) => g.chunks_mut(L * n).map(Chunk::Cbf16).collect(),
             GOutput::Quant(q) => {
                 let QComplex { re, im } = q;
                 q_chunks(re, L).into_iter().zip(q_chunks(im, L)).map(|(a, b)| Chunk::Quant(a, b)).collect()
@@ -404,6 +415,8 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                 }
             }
             VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
+            VInput::F16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
+            VInput::Bf16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
             VInput::Quant(q) => {
                 let spec = *q.spec();
                 let g = spec.group_size;
@@ -456,7 +469,7 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                     }
                 }
             }
-            Chunk::Quant(..) => {} // quantized after the tile: dynamic groups need whole rows
+            Chunk::Quant(..) | Chunk::Cf16(_) | Chunk::Cbf16(_) => {} // stored after the tile (store_unfused)
         }
         for (r, m) in re.iter().zip(im) {
             for l in 0..L {
@@ -487,7 +500,21 @@ fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &m
                 super::transpose::store_fence();
             }
         }
+        // One rounding from the computed value (f32 or f64) to the storage type.
+        Chunk::Cf16(out) => store_rows(t, live, out, |x| f16::from_f64(x.to_f64())),
+        Chunk::Cbf16(out) => store_rows(t, live, out, |x| bf16::from_f64(x.to_f64())),
         Chunk::C128(_) => {}
+    }
+}
+
+/// Complex G of the first `live` lanes to rows, each part converted by `conv`.
+#[inline(always)]
+fn store_rows<T: Real, U, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut [Complex<U>], conv: impl Fn(T) -> U) {
+    let n = t.v.len();
+    for l in 0..live {
+        for i in 0..n {
+            out[l * n + i] = Complex::new(conv(t.g_re[i][l]), conv(t.g_im[i][l]));
+        }
     }
 }
 

@@ -6,6 +6,8 @@ mod calibrate;
 mod common;
 mod info;
 mod infer;
+mod mixed;
+mod qat;
 mod run;
 
 use clap::{Parser, Subcommand};
