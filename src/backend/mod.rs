@@ -231,6 +231,19 @@ pub fn select(device: &str) -> Result<Box<dyn Backend>> {
     }
 }
 
+/// What this build and machine offer for CUDA, one line each: the targets the embedded kernels
+/// were compiled for and the devices visible (for `bk-infer info`). Safe without a driver.
+pub fn cuda_info() -> Vec<String> {
+    #[cfg(bk_cuda)]
+    {
+        cuda::info()
+    }
+    #[cfg(not(bk_cuda))]
+    {
+        vec!["CUDA kernels: none (built without nvcc; see README)".into()]
+    }
+}
+
 #[cfg(bk_cuda)]
 fn cuda_backend() -> Result<Box<dyn Backend>> {
     Ok(Box::new(cuda::CudaBackend::new(0)?))

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds the one-command GPU check: release test and bench binaries built here with
+# BK_REQUIRE_CUDA=1 (kernels embedded), copied with debug info stripped into gpu-bundle/
+# (git-ignored) beside a run.sh. Copy that folder to a GPU machine (CUDA driver, no Rust needed)
+# and run `gpu-bundle/run.sh`: all GPU tests, then a short benchmark, then a summary table.
+#   usage: [NVCC=/path/to/nvcc] .ci/gpu-bundle.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BK_REQUIRE_CUDA=1
+if [ -z "${NVCC:-}" ]; then
+    NVCC=$(.ci/install-nvcc.sh "${BK_NVCC_DIR:-$HOME/.cache/bk-nvcc}" | tail -1)
+fi
+export NVCC
+mkdir -p target
+cargo test --release --no-run --message-format=json --test gpu > target/gpu-bundle-test.json
+cargo bench --no-run --message-format=json --bench gpu > target/gpu-bundle-bench.json
+pick() { # executable of the named target from cargo's JSON messages
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+path, name = sys.argv[1], sys.argv[2]
+exe = None
+for line in open(path):
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+        exe = m["executable"]
+if not exe: sys.exit(f"no executable for {name} in {path}")
+print(exe)
+PY
+}
+tests=$(pick target/gpu-bundle-test.json gpu)
+bench=$(pick target/gpu-bundle-bench.json gpu)
+rm -rf gpu-bundle
+mkdir -p gpu-bundle
+cp "$tests" gpu-bundle/gpu-tests
+cp "$bench" gpu-bundle/gpu-bench
+strip --strip-debug gpu-bundle/gpu-tests gpu-bundle/gpu-bench
+git rev-parse HEAD > gpu-bundle/COMMIT 2>/dev/null || echo unknown > gpu-bundle/COMMIT
+git status --porcelain | grep -q . && echo "(built from a working tree with uncommitted changes)" >> gpu-bundle/COMMIT || true
+"$NVCC" --version | tail -2 > gpu-bundle/NVCC
+cat > gpu-bundle/run.sh <<'RUN'
+#!/usr/bin/env bash
+# The GPU check of bk-infer: every GPU test (a skip counts as a failure here: this machine is
+# meant to have a GPU), then the short benchmark, then a summary. Logs stay beside this script.
+cd "$(dirname "$0")"
+export BK_REQUIRE_GPU=1
+echo "bk-infer GPU check, commit $(head -1 COMMIT), built with $(tail -1 NVCC)"
+nvidia-smi -L 2>/dev/null || echo "(nvidia-smi not available)"
+./gpu-tests --test-threads=1 --nocapture > tests.log 2>&1
+tests_rc=$?
+./gpu-bench > bench.log 2>&1
+bench_rc=$?
+cat tests.log | grep -E "^(test |device:|skipped:)" 
+echo
+echo "==================== summary ===================="
+grep -E "^test .* \.\.\. " tests.log | sed 's/^test /  /'
+skips=$(grep -c "^skipped:" tests.log)
+echo "tests: $(grep -E '^test result:' tests.log | tail -1)   skipped: $skips   exit: $tests_rc"
+echo
+echo "benchmark (exit $bench_rc):"
+cat bench.log
+if [ "$tests_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ] || [ "$skips" -ne 0 ]; then
+    echo "GPU CHECK: FAILED"
+    exit 1
+fi
+echo "GPU CHECK: PASSED"
+RUN
+chmod +x gpu-bundle/run.sh
+du -sh gpu-bundle
+ls -la gpu-bundle
