@@ -12,7 +12,7 @@ if [ -x "$nvcc" ] && "$nvcc" --version 2>/dev/null | grep -q "$want"; then
     exit 0
 fi
 mkdir -p "$dir"
-python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --upgrade --target "$dir" \
+python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore --upgrade --target "$dir" \
     nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 \
     nvidia-cuda-cccl==13.0.85 nvidia-nvvm==13.0.88 >&2
 "$nvcc" --version | grep -q "$want" || { echo "install-nvcc: $nvcc is not $want" >&2; exit 1; }

@@ -218,7 +218,7 @@ mod cuda {
         let cpu = CpuBackend::new();
         let mut rng = Rng::new(32);
         for &(b, n) in &[(16usize, 4096usize), (8, 512), (3, 20_000), (64, 100)] {
-            for im in [1e-3, 1e-2, 0.05] {
+            for im in [1e-3, 1e-2, 0.04] {
                 let p = Problem::new(common::random_h0(&mut rng, n), Complex64::new(rng.range(-1.0, 1.0), im)).unwrap();
                 let v = common::normal_f32(&mut rng, b * n, 1.0);
                 let exact = reference::solve_batch_f32(&p, &v).unwrap();

@@ -79,6 +79,11 @@ impl Device {
             return Ok(d.clone());
         }
         let ctx = cu(CudaContext::new(ordinal), || format!("creating a context on CUDA device {ordinal}"))?;
+        // SAFETY: every device buffer of this crate lives within one call and is used only on the
+        // stream of the backend making that call (allocation, copies, launches and the free are
+        // all ordered on it), so cudarc's cross-stream event tracking has nothing to order; off,
+        // it no longer creates and records two events per allocation.
+        unsafe { ctx.disable_event_tracking() };
         let name = cu(ctx.name(), || format!("naming CUDA device {ordinal}"))?;
         let cc = cu(ctx.compute_capability(), || format!("reading the compute capability of {name}"))?;
         if cc.0 < 8 {

@@ -224,6 +224,8 @@ pub(super) fn solve(
 ) -> Result<(SolveInfo, Option<f64>)> {
     let rows = check_call(p, &v, out)?;
     let n = p.n();
+    // The calling thread may be new to this context (test threads, rayon workers).
+    cu(dev.ctx.bind_to_thread(), || format!("binding the context of {}", dev.name))?;
     if n > i32::MAX as usize {
         return Err(BkError::InvalidArgument(format!("N = {n}: the CUDA backend takes rows of at most 2^31 - 1 positions")));
     }
