@@ -47,7 +47,29 @@ fn main() {
         }
     };
 
-    match compile_all(&nvcc, &sources, &out) {
+    // The environment variables above change more often than what nvcc would produce (PATH, the
+    // report switch, BK_REQUIRE_CUDA): reuse the fatbins when sources, nvcc and flags are the same.
+    let fp = fingerprint(&nvcc, &sources, &out);
+    let fp_file = out.join("kernels.fingerprint");
+    let reuse = fs::read_to_string(&fp_file).is_ok_and(|old| old == fp)
+        && sources.iter().all(|s| out.join(format!("{}.fatbin", stem(s))).is_file())
+        && out.join("ptxas-summary.txt").is_file();
+    let built = if reuse {
+        if env::var("BK_PTXAS_REPORT").is_ok_and(|v| v == "1") {
+            for line in fs::read_to_string(out.join("ptxas-summary.txt")).unwrap_or_default().lines() {
+                println!("cargo::warning={line}");
+            }
+        }
+        Ok(sources.iter().map(|s| (stem(s), out.join(format!("{}.fatbin", stem(s))))).collect())
+    } else {
+        let _ = fs::remove_file(&fp_file);
+        let r = compile_all(&nvcc, &sources, &out);
+        if r.is_ok() {
+            fs::write(&fp_file, &fp).expect("writing the kernel fingerprint");
+        }
+        r
+    };
+    match built {
         Ok(fatbins) => {
             write_embed(&out, &fatbins, &nvcc);
             println!("cargo::rustc-cfg=bk_cuda");
@@ -83,6 +105,32 @@ fn kernel_files() -> Vec<PathBuf> {
 
 fn kernel_sources() -> Vec<PathBuf> {
     kernel_files().into_iter().filter(|p| p.extension().is_some_and(|e| e == "cu")).collect()
+}
+
+fn stem(src: &Path) -> String {
+    src.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel").to_string()
+}
+
+/// FNV-1a over every kernel file, nvcc's path and version, and the flags of every compile.
+fn fingerprint(nvcc: &Path, sources: &[PathBuf], out: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes.iter().chain([0xffu8].iter()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for f in kernel_files() {
+        eat(f.display().to_string().as_bytes());
+        eat(&fs::read(&f).unwrap_or_default());
+    }
+    eat(nvcc.display().to_string().as_bytes());
+    let version = Command::new(nvcc).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+    eat(&version);
+    for src in sources {
+        eat(nvcc_args(src, &out.join(format!("{}.fatbin", stem(src)))).join(" ").as_bytes());
+    }
+    format!("{h:016x}")
 }
 
 fn find_nvcc() -> Result<PathBuf, String> {
@@ -179,7 +227,7 @@ fn compile_all(nvcc: &Path, sources: &[PathBuf], out: &Path) -> Result<Vec<(Stri
 }
 
 fn compile_one(nvcc: &Path, src: &Path, out: &Path) -> Result<(String, PathBuf, String), String> {
-    let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("kernel").to_string();
+    let stem = stem(src);
     let fatbin = out.join(format!("{stem}.fatbin"));
     let args = nvcc_args(src, &fatbin);
     let cmd = format!("{} {}", nvcc.display(), args.join(" "));

@@ -12,24 +12,26 @@ if [ -z "${NVCC:-}" ]; then
 fi
 export NVCC
 mkdir -p target
-cargo test --release --no-run --message-format=json --test gpu > target/gpu-bundle-test.json
-cargo bench --no-run --message-format=json --bench gpu > target/gpu-bundle-bench.json
-pick() { # executable of the named target from cargo's JSON messages
-    python3 - "$1" "$2" <<'PY'
+# One cargo invocation, release test profile for both: the bench profile would compile the
+# kernels a second time in an OUT_DIR of its own.
+cargo test --release --no-run --message-format=json --test gpu --bench gpu > target/gpu-bundle.json
+pick() { # executable of target NAME of KIND (test, bench) from cargo's JSON messages
+    python3 - "$1" "$2" "$3" <<'PY'
 import json, sys
-path, name = sys.argv[1], sys.argv[2]
+path, name, kind = sys.argv[1:4]
 exe = None
 for line in open(path):
     try: m = json.loads(line)
     except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == name:
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == name and kind in t.get("kind", []):
         exe = m["executable"]
-if not exe: sys.exit(f"no executable for {name} in {path}")
+if not exe: sys.exit(f"no {kind} executable named {name} in {path}")
 print(exe)
 PY
 }
-tests=$(pick target/gpu-bundle-test.json gpu)
-bench=$(pick target/gpu-bundle-bench.json gpu)
+tests=$(pick target/gpu-bundle.json gpu test)
+bench=$(pick target/gpu-bundle.json gpu bench)
 rm -rf gpu-bundle
 mkdir -p gpu-bundle
 cp "$tests" gpu-bundle/gpu-tests
