@@ -257,7 +257,8 @@ fn summarize(report: &str) -> String {
             }
         } else if let Some(rest) = l.strip_prefix("ptxas info    : Used ") {
             let regs: u64 = rest.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            let smem = rest.split(", ").find(|p| p.ends_with("bytes smem")).and_then(|p| p.split_whitespace().next()).unwrap_or("0");
+            let smem =
+                rest.split(", ").find(|p| p.ends_with("bytes smem")).and_then(|p| p.split_whitespace().next()).unwrap_or("0");
             writeln!(s, "{name:<31} {arch:<7} {regs:>4}  {st:>8}  {ld:>8}  {stack:>5}  {smem}").ok();
         }
     }

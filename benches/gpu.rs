@@ -25,8 +25,8 @@ mod bench {
     use std::time::Instant;
 
     /// Issue 4's small calls, its large batches (32 M elements) and one very long row.
-const WORKLOADS: &[(usize, usize)] =
-    &[(1, 512), (8, 512), (32, 128), (16, 2048), (16, 4096), (2, 8192), (65536, 512), (4096, 8192), (1, 1 << 20)];
+    const WORKLOADS: &[(usize, usize)] =
+        &[(1, 512), (8, 512), (32, 128), (16, 2048), (16, 4096), (2, 8192), (65536, 512), (4096, 8192), (1, 1 << 20)];
     const REPS: usize = 21;
 
     fn median(mut x: Vec<f64>) -> f64 {

@@ -142,7 +142,8 @@ mod cuda {
             let mut i = 0;
             while let Some(at) = bin[i..].windows(9).position(|w| w == b"bk_solve_") {
                 let start = i + at;
-                let end = bin[start..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_')).map_or(bin.len(), |e| start + e);
+                let end =
+                    bin[start..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_')).map_or(bin.len(), |e| start + e);
                 // Whole identifiers only: mangled names embed `bk_solve_params` after a digit.
                 let whole = start == 0 || !(bin[start - 1].is_ascii_alphanumeric() || bin[start - 1] == b'_');
                 if whole {
@@ -224,7 +225,10 @@ mod cuda {
                 let exact = reference::solve_batch_f32(&p, &v).unwrap();
                 let eg = stats::rel_l2(&c128(&run(&g, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
                 let ec = stats::rel_l2(&c128(&run(&cpu, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
-                assert!(eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1, "({b}, {n}) Im z {im}: GPU {eg:.3e} CPU {ec:.3e}");
+                assert!(
+                    eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1,
+                    "({b}, {n}) Im z {im}: GPU {eg:.3e} CPU {ec:.3e}"
+                );
                 let auto = run(&g, &p, VInput::F32(&v), &GFormat::C128, Compute::Auto);
                 assert_eq!(auto.rows_f64, b, "Im z = {im} < 0.05 runs in f64");
                 let ea = stats::rel_l2(&c128(&auto.g), &exact);
@@ -321,7 +325,11 @@ mod cuda {
         let Some(plain) = gpu() else { return };
         let poison = |byte| CudaBackend::new(0).unwrap().with_options(CudaOptions { poison: Some(byte), ..Default::default() });
         let (pa, pb) = (poison(0xff), poison(0x5a));
-        let chunked = CudaBackend::new(0).unwrap().with_options(CudaOptions { max_chunk_rows: Some(3), poison: Some(0xa5), ..Default::default() });
+        let chunked = CudaBackend::new(0).unwrap().with_options(CudaOptions {
+            max_chunk_rows: Some(3),
+            poison: Some(0xa5),
+            ..Default::default()
+        });
         let mut rng = Rng::new(35);
         for &(b, n) in &[(7usize, 1usize), (7, 33), (10, 301), (5, 2049), (2, 9000), (3, 70_000)] {
             let p = common::random_problem(&mut rng, n, 0.05, 10.0);
@@ -351,7 +359,9 @@ mod cuda {
                             assert!(x.iter().all(|c| c.re.is_finite() && c.im.is_finite()), "{ctx}: unwritten (NaN) output");
                         }
                         let want = output_bytes(&base);
-                        for (what, be) in [("repeat", &plain), ("poison 0xff", &pa), ("poison 0x5a", &pb), ("chunks of 3 rows", &chunked)] {
+                        for (what, be) in
+                            [("repeat", &plain), ("poison 0xff", &pa), ("poison 0x5a", &pb), ("chunks of 3 rows", &chunked)]
+                        {
                             let got = output_bytes(&run(be, &p, vin, fmt, compute).g);
                             assert!(got == want, "{ctx}: {what} differs from the first run");
                         }
@@ -425,7 +435,8 @@ mod cuda {
                         if bad {
                             assert!(rowg.iter().any(|c| c.re.is_nan() || c.im.is_nan()), "{policy:?} row {r}: NaN expected");
                         } else {
-                            let wide = |x: &[Complex32]| x.iter().map(|c| Complex64::new(c.re as f64, c.im as f64)).collect::<Vec<_>>();
+                            let wide =
+                                |x: &[Complex32]| x.iter().map(|c| Complex64::new(c.re as f64, c.im as f64)).collect::<Vec<_>>();
                             let e = stats::rel_l2(&wide(rowg), &wide(&xc[r * n..(r + 1) * n]));
                             assert!(e <= tol::GPU_VS_CPU, "{policy:?} row {r}: {e:.3e}");
                         }
@@ -438,11 +449,18 @@ mod cuda {
         let codes = vec![1u8; b * n];
         let mut scale = vec![0.01f32; n];
         scale[99] = 3e38;
-        let bigq = QTensor::from_parts("v", QuantSpec::int8_per_channel(), b, n, {
-            let mut c = codes.clone();
-            c[5 * n + 99] = 100;
-            c
-        }, AffineParams { scale, zero: None })
+        let bigq = QTensor::from_parts(
+            "v",
+            QuantSpec::int8_per_channel(),
+            b,
+            n,
+            {
+                let mut c = codes.clone();
+                c[5 * n + 99] = 100;
+                c
+            },
+            AffineParams { scale, zero: None },
+        )
         .unwrap();
         for policy in [NanPolicy::Error, NanPolicy::Zero, NanPolicy::Propagate] {
             let o = SolveOptions { compute: Compute::Auto, nan_policy: policy };

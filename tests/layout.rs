@@ -74,7 +74,7 @@ fn every_offset_and_constant_matches_the_header() {
 fn interesting_f32(rng: &mut Rng) -> f32 {
     match rng.below(12) {
         0 => [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN_POSITIVE, 1e-40][rng.below(8)],
-        1 => (rng.below(40) as f32 - 20.0) + 0.5, // exact ties
+        1 => (rng.below(40) as f32 - 20.0) + 0.5,   // exact ties
         2 => f32::from_bits(rng.next_u64() as u32), // any bit pattern
         3 => (rng.normal() * 1e6) as f32,
         4 => (rng.normal() * 1e-30) as f32,
@@ -164,7 +164,11 @@ int main(void) {
         want.push(format!("{:x} {rz}", rs.to_bits()));
 
         let b = rng.below(65536) as u32;
-        let (fmt, i) = if rng.below(2) == 0 { (bk_infer::layout::FMT_INT8, rng.below(2)) } else { (bk_infer::layout::FMT_INT4, rng.below(4)) };
+        let (fmt, i) = if rng.below(2) == 0 {
+            (bk_infer::layout::FMT_INT8, rng.below(2))
+        } else {
+            (bk_infer::layout::FMT_INT4, rng.below(4))
+        };
         input += &format!("c {b:x} {fmt} {i}\n");
         let row = [b as u8, (b >> 8) as u8];
         let code = if fmt == bk_infer::layout::FMT_INT8 { row[i] as i8 as i32 } else { codec::int4_at(&row, i) as i32 };

@@ -89,7 +89,12 @@ impl Device {
         if cc.0 < 8 {
             return Err(BkError::Backend {
                 backend: "cuda".into(),
-                msg: format!("{name} is sm_{}{}; the kernels need compute capability 8.0 or newer ({})", cc.0, cc.1, ARCHS.join(", ")),
+                msg: format!(
+                    "{name} is sm_{}{}; the kernels need compute capability 8.0 or newer ({})",
+                    cc.0,
+                    cc.1,
+                    ARCHS.join(", ")
+                ),
             });
         }
         let sms = cu(ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT), || {
@@ -207,9 +212,8 @@ pub fn info() -> Vec<String> {
             for i in 0..n {
                 lines.push(match Device::get(i) {
                     Ok(d) => {
-                        let mem = cu(d.ctx.total_mem(), || "total memory".into()).map_or(String::new(), |m| {
-                            format!(", {:.1} GiB", m as f64 / (1u64 << 30) as f64)
-                        });
+                        let mem = cu(d.ctx.total_mem(), || "total memory".into())
+                            .map_or(String::new(), |m| format!(", {:.1} GiB", m as f64 / (1u64 << 30) as f64));
                         format!("cuda:{i}: {} (sm_{}{}, {} SMs{mem}), kernels loaded", d.name, d.cc.0, d.cc.1, d.sms)
                     }
                     Err(e) => format!("cuda:{i}: unusable: {e}"),

@@ -197,14 +197,31 @@ struct Pass {
 }
 
 impl Pass {
-    fn new(dev: &Device, in_fmt: u32, out_fmt: u32, f64: bool, n: usize, dynamic_out: bool) -> Result<Pass> {
+    /// `rows` and `scratch_budget` cap the resident blocks: scratch for blocks that can never have
+    /// a row, or that would not fit, is not allocated (the grid-stride kernel is correct with any
+    /// grid size, and a row's result does not depend on it).
+    fn new(
+        dev: &Device,
+        in_fmt: u32,
+        out_fmt: u32,
+        f64: bool,
+        n: usize,
+        dynamic_out: bool,
+        rows: usize,
+        scratch_budget: usize,
+    ) -> Result<Pass> {
         let name = kernel_name(in_fmt, out_fmt, f64);
         let geom = Geometry::new(n, f64, dynamic_out);
         let f = dev.kernels.get(&name)?;
-        let per_sm = cu(f.occupancy_max_active_blocks_per_multiprocessor(geom.threads, geom.shared_bytes as usize, None), || {
-            format!("occupancy of {name}")
-        })?;
-        let slots = dev.sms.saturating_mul(per_sm.max(1));
+        let per_sm =
+            cu(f.occupancy_max_active_blocks_per_multiprocessor(geom.threads, geom.shared_bytes as usize, None), || {
+                format!("occupancy of {name}")
+            })?;
+        let mut slots = dev.sms.saturating_mul(per_sm.max(1)).min(rows.min(u32::MAX as usize) as u32).max(1);
+        let per_block = geom.scratch_per_block();
+        if per_block > 0 {
+            slots = slots.min((scratch_budget / per_block).clamp(1, u32::MAX as usize) as u32);
+        }
         Ok(Pass { name, f64, geom, slots })
     }
 
@@ -261,8 +278,11 @@ pub(super) fn solve(
         }
     };
 
-    let main = Pass::new(dev, in_fmt, out_fmt, mode == Mode::F64, n, dynamic_out)?;
-    let redo = (mode != Mode::F64).then(|| Pass::new(dev, in_fmt, out_fmt, true, n, dynamic_out)).transpose()?;
+    let (free, _) = cu(dev.ctx.mem_get_info(), || format!("reading free memory of {}", dev.name))?;
+    let scratch_budget = free / 4;
+    let main = Pass::new(dev, in_fmt, out_fmt, mode == Mode::F64, n, dynamic_out, rows, scratch_budget)?;
+    let redo =
+        (mode != Mode::F64).then(|| Pass::new(dev, in_fmt, out_fmt, true, n, dynamic_out, rows, scratch_budget)).transpose()?;
     let consts32 = (mode != Mode::F64).then(|| ConstDev::new(stream, p, false)).transpose()?;
     let consts64 = ConstDev::new(stream, p, true)?; // the redo pass may need it in any mode
     let scratch_len = main.scratch_bytes().max(redo.as_ref().map_or(0, |r| r.scratch_bytes()));
@@ -285,7 +305,9 @@ pub(super) fn solve(
         HostV::Quant(q) => VDev::Quant(QDev::new(stream, q, chunk_rows, "v")?),
     };
     let mut gdev = match &*out {
-        GOutput::Quant(q) => GDev::Quant(QDev::new(stream, &q.re, chunk_rows, "G.re")?, QDev::new(stream, &q.im, chunk_rows, "G.im")?),
+        GOutput::Quant(q) => {
+            GDev::Quant(QDev::new(stream, &q.re, chunk_rows, "G.re")?, QDev::new(stream, &q.im, chunk_rows, "G.im")?)
+        }
         _ => GDev::Complex(DevBuf::alloc(stream, chunk_rows * out_row, "G")?),
     };
     let mut status_dev = DevBuf::alloc(stream, chunk_rows * 4, "row status")?;
@@ -401,8 +423,12 @@ pub(super) fn solve(
         }
 
         match (&gdev, &mut *out) {
-            (GDev::Complex(b), GOutput::C64(g)) => b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?,
-            (GDev::Complex(b), GOutput::C128(g)) => b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?,
+            (GDev::Complex(b), GOutput::C64(g)) => {
+                b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?
+            }
+            (GDev::Complex(b), GOutput::C128(g)) => {
+                b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?
+            }
             (GDev::Quant(re, im), GOutput::Quant(q)) => {
                 re.download_rows(stream, &mut q.re, r0, cnt)?;
                 im.download_rows(stream, &mut q.im, r0, cnt)?;
@@ -431,7 +457,15 @@ fn read_status(stream: &Arc<CudaStream>, dev: &DevBuf, cnt: usize, kernel: &str)
 
 /// The CPU backend's errors, from the rows' final status: a non-finite potential under
 /// `NanPolicy::Error` (only dequantized inputs can get here), then a singular matrix.
-fn check_rows(p: &Problem, hv: &HostV<'_>, out: &GOutput, policy: NanPolicy, r0: usize, status: &[u32], ran_f64: &[bool]) -> Result<()> {
+fn check_rows(
+    p: &Problem,
+    hv: &HostV<'_>,
+    out: &GOutput,
+    policy: NanPolicy,
+    r0: usize,
+    status: &[u32],
+    ran_f64: &[bool],
+) -> Result<()> {
     let n = p.n();
     if policy == NanPolicy::Error {
         if let (Some(r), HostV::Quant(q)) = (status.iter().position(|s| s & STATUS_NONFINITE_V != 0), hv) {
