@@ -27,6 +27,11 @@
 #pragma once
 #include "bk_formats.h"
 
+/* The block's dynamic shared memory. A macro so that tests/emu can run this file on the CPU. */
+#ifndef BK_DYNAMIC_SHARED
+#define BK_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace bk {
 
 /* ---- explicitly rounded scalar arithmetic --------------------------------------------------- */
@@ -424,7 +429,7 @@ template <class T, class Load, class Store, int CHUNK>
 __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
 {
     __shared__ ScanSmem<T> sm;
-    extern __shared__ float2 stage_smem[];
+    BK_DYNAMIC_SHARED(float2, stage_smem);
 
     const unsigned tid = threadIdx.x, nt = blockDim.x;
     const uint32_t n = p.n;

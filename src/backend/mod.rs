@@ -5,6 +5,7 @@ pub mod cpu;
 pub use cpu::CpuBackend;
 #[cfg(bk_cuda)]
 pub mod cuda;
+pub mod geometry;
 mod lanes;
 mod transpose;
 

@@ -5,12 +5,11 @@
 //! returns a typed error instead. Kernels are loaded once per device and shared by every
 //! `CudaBackend` on it. Calls on one backend are serialized (one stream).
 
-mod geometry;
 mod kernels;
 mod mem;
 mod run;
 
-pub use geometry::Geometry;
+pub use super::geometry::Geometry;
 pub use kernels::{all_kernel_names, kernel_name, ARCHS, FATBINS, NVCC_VERSION};
 
 use super::{Backend, GOutput, SolveInfo, SolveOptions, VInput};

@@ -2,7 +2,7 @@
 //! launches, the f64 redo of flagged rows, and per-row status turned into results or errors with
 //! the CPU backend's semantics (see `cpu.rs`).
 
-use super::geometry::Geometry;
+use crate::backend::geometry::Geometry;
 use super::kernels::kernel_name;
 use super::mem::{cu, upload_new, DevBuf};
 use super::{CudaOptions, Device};

@@ -1,5 +1,6 @@
-//! Launch geometry: threads per row, tiles, scratch. A function of N and the compute type only,
-//! so a row's result never depends on how the batch was split into launches.
+//! CUDA launch geometry: threads per row, tiles, scratch. A function of N and the compute type
+//! only, so a row's result never depends on how the batch was split into launches. Plain Rust
+//! (no CUDA needed), shared by the CUDA backend and the CPU emulation test of the kernels.
 
 use crate::layout::{CHUNK_F32, CHUNK_F64, MAX_THREADS, STAGE_SHARED_MAX_N};
 
