@@ -111,6 +111,20 @@ fn put_q(a: &mut Arena, q: &QTensor, output: bool) -> (BkQTensor, u64, u64, u64)
 
 /// One emulated launch over all rows; returns G and the row status words.
 fn emulate(p: &Problem, v: VInput<'_>, out: &GOutput, f64c: bool, grid_cap: u32) -> (GOutput, Vec<u32>) {
+    emulate_with(p, v, out, f64c, grid_cap, None, NAN_PROPAGATE)
+}
+
+/// A launch over `rows` (all when None), the way the backend's f64 redo launches, with a NaN
+/// policy for dequantized potentials. Outputs and status words start poisoned (0xff).
+fn emulate_with(
+    p: &Problem,
+    v: VInput<'_>,
+    out: &GOutput,
+    f64c: bool,
+    grid_cap: u32,
+    rows_to_do: Option<&[u32]>,
+    nan_policy: u32,
+) -> (GOutput, Vec<u32>) {
     let (n, rows) = (p.n(), v.len() / p.n());
     let mut a = Arena::default();
     let (c, c_lo, k) = if f64c {
@@ -127,13 +141,15 @@ fn emulate(p: &Problem, v: VInput<'_>, out: &GOutput, f64c: bool, grid_cap: u32)
     };
     let dynamic_out = matches!(out, GOutput::Quant(q) if q.re.spec().dynamic || q.im.spec().dynamic);
     let geom = Geometry::new(n, f64c, dynamic_out);
-    let grid = (rows as u32).min(grid_cap);
+    let launch_rows = rows_to_do.map_or(rows, |r| r.len());
+    let grid = (launch_rows as u32).min(grid_cap);
     let (out_format, g, re, im) = match out {
         GOutput::C64(_) => (FMT_C64, a.filled(rows * n * 8, 0xff), None, None),
         GOutput::C128(_) => (FMT_C128, a.filled(rows * n * 16, 0xff), None, None),
         GOutput::Quant(q) => (qdesc(q.re.spec(), n, 0, 0, 0).format, 0, Some(put_q(&mut a, &q.re, true)), Some(put_q(&mut a, &q.im, true))),
     };
     let status = a.filled(rows * 4, 0xff);
+    let row_index = rows_to_do.map_or(0, |r| a.put(bytemuck::cast_slice(r)));
     let ain = a.filled(grid as usize * geom.ain_bytes, 0xff);
     let stage = a.filled(grid as usize * geom.stage_bytes, 0xff);
     let params = BkSolveParams {
@@ -143,7 +159,7 @@ fn emulate(p: &Problem, v: VInput<'_>, out: &GOutput, f64c: bool, grid_cap: u32)
         k: if n > 1 { k } else { 0 },
         g,
         status,
-        row_index: 0,
+        row_index,
         ain: if geom.ain_bytes > 0 { ain } else { 0 },
         stage: if geom.stage_bytes > 0 { stage } else { 0 },
         v_q,
@@ -151,14 +167,14 @@ fn emulate(p: &Problem, v: VInput<'_>, out: &GOutput, f64c: bool, grid_cap: u32)
         g_im: im.map_or(BkQTensor::default(), |r| r.0),
         d_im: -p.z().im,
         v_limit: if f64c { f64::INFINITY } else { bk_infer::backend::F32_MAX_V },
-        rows: rows as u32,
+        rows: launch_rows as u32,
         n: n as u32,
         in_format,
         out_format,
         compute: if f64c { FMT_F64 } else { FMT_F32 },
         chunk: geom.chunk,
         threads: geom.threads,
-        nan_policy: NAN_PROPAGATE,
+        nan_policy,
         stage_in_shared: geom.stage_in_shared as u32,
         reserved: 0,
     };
@@ -261,6 +277,13 @@ fn emulated_kernels_match_the_oracle_and_the_cpu() {
                 let ec = stats::rel_l2(&g.to_c128(), &c.g.to_c128());
                 assert!(ec <= tol::GPU_VS_CPU, "{ctx} {fmt:?}: vs CPU {ec:.3e}");
             }
+            // f64 potentials: rounded to f32 on load for f32 compute, like the CPU.
+            let v64: Vec<f64> = v.iter().map(|&x| x as f64 * (1.0 + 1e-9)).collect();
+            let (g, st) = emulate(&p, VInput::F64(&v64), &GOutput::alloc(&GFormat::C128, b, n).unwrap(), f64c, cap);
+            assert!(st.iter().all(|&x| x == STATUS_WRITTEN), "{ctx} f64 input: status {st:x?}");
+            let c = cpu.solve(&p, VInput::F64(&v64), &GFormat::C128, &opts).unwrap();
+            let e = stats::rel_l2(&g.to_c128(), &c.g.to_c128());
+            assert!(e <= if f64c { tol::F64 } else { tol::GPU_VS_CPU }, "{ctx} f64 input: vs CPU {e:.3e}");
             // Quantized inputs: within 1e-6 of the CPU on the same codes.
             for s in [QuantSpec::int8_per_channel(), QuantSpec::int4_groups(128), spec(Bits::Int4, 5, false, true)] {
                 let q = QTensor::quantize("v", &calibrate(s, &v, b, n), &v, b, n).unwrap();
@@ -321,4 +344,63 @@ fn emulated_status_flags_mark_the_rows_to_redo_or_report() {
     let (_, st) = emulate(&p0, VInput::F32(&v), &GOutput::alloc(&GFormat::C64, b, n).unwrap(), true, 8);
     assert_eq!(st[..3], [STATUS_WRITTEN; 3]);
     assert_eq!(st[3], STATUS_WRITTEN | STATUS_NONFINITE_G);
+}
+
+#[test]
+fn emulated_row_index_launches_touch_only_their_rows() {
+    // The f64 redo of flagged rows: a launch over a row list writes those rows (output and status)
+    // and nothing else.
+    if skip() {
+        return;
+    }
+    let mut rng = Rng::new(92);
+    let (b, n) = (5usize, 2100usize);
+    let p = common::random_problem(&mut rng, n, 0.1, 10.0);
+    let v = common::normal_f32(&mut rng, b * n, 1.0);
+    let exact = reference::solve_batch_f32(&p, &v).unwrap();
+    let todo = [3u32, 0];
+    for f64c in [false, true] {
+        let (g, st) =
+            emulate_with(&p, VInput::F32(&v), &GOutput::alloc(&GFormat::C64, b, n).unwrap(), f64c, 1, Some(&todo), NAN_PROPAGATE);
+        let g = g.to_c128();
+        for r in 0..b {
+            let row = &g[r * n..(r + 1) * n];
+            if todo.contains(&(r as u32)) {
+                assert_eq!(st[r], STATUS_WRITTEN, "row {r}");
+                let e = stats::rel_l2(row, &exact[r * n..(r + 1) * n]);
+                assert!(e <= tol::F32_IMZ_GE_0_1, "row {r}: {e:.3e}");
+            } else {
+                assert_eq!(st[r], u32::MAX, "row {r}: status written by a launch that did not list it");
+                assert!(row.iter().all(|c| c.re.is_nan()), "row {r}: output written by a launch that did not list it");
+            }
+        }
+    }
+}
+
+#[test]
+fn emulated_nan_policy_applies_to_dequantized_potentials() {
+    if skip() {
+        return;
+    }
+    let (b, n) = (3usize, 40usize);
+    let p = Problem::laplacian(n, Complex64::new(0.2, 0.7)).unwrap();
+    let mut scale = vec![0.01f32; n];
+    scale[9] = 3e38; // code 100 there dequantizes to +inf
+    let mut codes = vec![3u8; b * n];
+    for r in 0..b {
+        codes[r * n + 9] = if r == 1 { 100 } else { 1 }; // 3e38: finite, only row 1 overflows
+    }
+    let q = QTensor::from_parts("v", QuantSpec::int8_per_channel(), b, n, codes, AffineParams { scale, zero: None }).unwrap();
+    let out = GOutput::alloc(&GFormat::C64, b, n).unwrap();
+    let (_, st) = emulate_with(&p, VInput::Quant(&q), &out, true, 8, None, NAN_ERROR);
+    assert_eq!(st[1] & STATUS_NONFINITE_V, STATUS_NONFINITE_V, "error policy: flagged for the host to report");
+    assert_eq!(st[0] & STATUS_NONFINITE_V, 0);
+    let (g, st) = emulate_with(&p, VInput::Quant(&q), &out, true, 8, None, NAN_ZERO);
+    assert!(st.iter().all(|&s| s & (STATUS_NONFINITE_V | STATUS_NONFINITE_G) == 0), "zero policy: {st:x?}");
+    // Row 1 with the infinite potential replaced by 0, against the CPU backend's zero policy.
+    let cpu = CpuBackend::new()
+        .solve(&p, VInput::Quant(&q), &GFormat::C64, &SolveOptions { compute: Compute::F64, nan_policy: bk_infer::NanPolicy::Zero })
+        .unwrap();
+    let e = stats::rel_l2(&g.to_c128()[n..2 * n], &cpu.g.to_c128()[n..2 * n]);
+    assert!(e <= tol::GPU_VS_CPU, "{e:.3e}");
 }
