@@ -24,6 +24,7 @@
 #include <stddef.h>
 #define BK_STATIC_ASSERT(c, m) _Static_assert(c, m)
 #else
+#include <cmath>
 #include <cstddef>
 #define BK_STATIC_ASSERT(c, m) static_assert(c, m)
 #endif
@@ -34,7 +35,7 @@
 #define BK_HD static inline
 #endif
 
-#define BK_FORMATS_VERSION 1
+#define BK_FORMATS_VERSION 2
 
 /* Element formats. */
 enum {
@@ -73,33 +74,69 @@ BK_STATIC_ASSERT(offsetof(bk_qtensor_t, row_bytes) == 24, "bk_qtensor_t.row_byte
 BK_STATIC_ASSERT(offsetof(bk_qtensor_t, group_size) == 32, "bk_qtensor_t.group_size moved");
 BK_STATIC_ASSERT(offsetof(bk_qtensor_t, qmin) == 48, "bk_qtensor_t.qmin moved");
 
-/* Everything one solve launch needs. The recursion constants are precomputed on the host:
- * c_i = h0_diag_i - Re z and k_i = h0_super_i * h0_sub_i, so d_i = c_i + v_i - i Im z. */
+/* Per-row status flags, written once per processed row by the solve kernels (never read back
+ * by them), so that the host can tell which rows to redo in f64 or report. */
+#define BK_STATUS_WRITTEN 0x100u    /* set for every row a kernel processed */
+#define BK_STATUS_NONFINITE_G 0x1u  /* some G of the row is NaN or infinite */
+#define BK_STATUS_NONFINITE_V 0x2u  /* some potential is NaN or infinite (and the policy kept it) */
+#define BK_STATUS_BIG_V 0x4u        /* some |v| > v_limit (f32 pivots could overflow) */
+#define BK_STATUS_BAD_LAUNCH 0x80u  /* launch geometry or formats disagree with the kernel */
+
+/* NaN policies for potentials the kernel dequantizes (f32/f64 inputs are cleaned on the host). */
+#define BK_NAN_ERROR 0
+#define BK_NAN_ZERO 1
+#define BK_NAN_PROPAGATE 2
+
+/* Positions per thread (one chunk) for each compute type, and the largest block. The host picks
+ * threads = clamp(round_up(ceil(n / chunk), 32), 32, BK_MAX_THREADS) from n alone, so a row's
+ * result never depends on how the batch was split. */
+#define BK_CHUNK_F32 8
+#define BK_CHUNK_F64 8
+#define BK_MAX_THREADS 256
+/* A dynamic-output row is staged in shared memory up to this many positions (8 bytes each). */
+#define BK_STAGE_SHARED_MAX_N 4096
+
+/* Everything one solve launch needs. The recursion constants are precomputed on the host in the
+ * compute type: c_i = f(h0_diag_i - Re z), c_lo_i = (h0_diag_i - Re z) - c_i (the rounding error
+ * of c_i, added back so it does not act as one shift of every potential), k_i = h0_super_i *
+ * h0_sub_i; then d_i = (c_i + v_i) + c_lo_i - i Im z.
+ * Launch: grid-stride over rows (block b handles launch rows b, b + gridDim.x, ...), one block of
+ * `threads` threads per row; scratch is per block (indexed by blockIdx.x). */
 typedef struct bk_solve_params {
-    uint64_t v;        /* float/double[rows][n] when in_format is F32/F64 */
-    uint64_t c;        /* float/double[n] (the compute type) */
-    uint64_t k;        /* float/double[n-1] */
-    uint64_t g;        /* complex output [rows][n] when out_format is C64/C128 */
-    uint64_t status;   /* uint32_t[1]: set non-zero when a non-finite G was produced */
-    bk_qtensor_t v_q;  /* input codes when in_format is INT8/INT4 */
-    bk_qtensor_t g_re; /* output codes when out_format is INT8/INT4 */
+    uint64_t v;          /* float/double[rows][n] when in_format is F32/F64 */
+    uint64_t c;          /* compute type [n] */
+    uint64_t c_lo;       /* compute type [n] */
+    uint64_t k;          /* compute type [n-1] (0 when n == 1) */
+    uint64_t g;          /* complex output [rows][n] when out_format is C64/C128 */
+    uint64_t status;     /* uint32_t[total rows], indexed by the row actually processed */
+    uint64_t row_index;  /* uint32_t[rows] or 0: launch row j processes row row_index[j] */
+    uint64_t ain;        /* scratch, compute-type complex [gridDim.x][tiles * threads], tiles > 1 */
+    uint64_t stage;      /* scratch, float2 [gridDim.x][n], dynamic output not staged in shared */
+    bk_qtensor_t v_q;    /* input codes when in_format is INT8/INT4 */
+    bk_qtensor_t g_re;   /* output codes when out_format is INT8/INT4 */
     bk_qtensor_t g_im;
-    double d_im;       /* -Im z */
-    uint32_t rows;
+    double d_im;         /* -Im z */
+    double v_limit;      /* |v| above this sets BK_STATUS_BIG_V (+inf: never) */
+    uint32_t rows;       /* rows of this launch */
     uint32_t n;
-    uint32_t in_format;
-    uint32_t out_format;
-    uint32_t chunk;    /* positions per thread in the chunked kernels; 0 = kernel's default */
+    uint32_t in_format;  /* BK_FMT_F32 / F64 / INT8 / INT4: must match the kernel */
+    uint32_t out_format; /* BK_FMT_C64 / C128 / INT8 / INT4: must match the kernel */
+    uint32_t compute;    /* BK_FMT_F32 or BK_FMT_F64: must match the kernel */
+    uint32_t chunk;      /* must equal the kernel's chunk (BK_CHUNK_F32 / BK_CHUNK_F64) */
+    uint32_t threads;    /* must equal blockDim.x */
+    uint32_t nan_policy; /* BK_NAN_* for dequantized potentials */
+    uint32_t stage_in_shared; /* 1: dynamic output staged in dynamic shared memory (n * 8 bytes) */
     uint32_t reserved;
 } bk_solve_params_t;
 
-BK_STATIC_ASSERT(sizeof(bk_solve_params_t) == 240, "bk_solve_params_t layout changed: update src/layout.rs");
-BK_STATIC_ASSERT(offsetof(bk_solve_params_t, v_q) == 40, "bk_solve_params_t.v_q moved");
-BK_STATIC_ASSERT(offsetof(bk_solve_params_t, d_im) == 208, "bk_solve_params_t.d_im moved");
+BK_STATIC_ASSERT(sizeof(bk_solve_params_t) == 296, "bk_solve_params_t layout changed: update src/layout.rs");
+BK_STATIC_ASSERT(offsetof(bk_solve_params_t, v_q) == 72, "bk_solve_params_t.v_q moved");
+BK_STATIC_ASSERT(offsetof(bk_solve_params_t, d_im) == 240, "bk_solve_params_t.d_im moved");
+BK_STATIC_ASSERT(offsetof(bk_solve_params_t, rows) == 256, "bk_solve_params_t.rows moved");
 
-/* The scalar rules (identical to src/quant/codec.rs). Division, rint and one multiply: IEEE
- * correctly rounded on CPU and GPU alike, so codes and values agree bit for bit. Build without
- * --use_fast_math. */
+/* The scalar rules (identical to src/quant/codec.rs and AffineParams::from_range). Division, rint,
+ * min/max and one multiply: IEEE correctly rounded on CPU and GPU alike, so codes, values and
+ * dynamic parameters agree bit for bit. Build without --use_fast_math. */
 BK_HD int32_t bk_quantize(float x, float scale, int32_t zero, int32_t qmin, int32_t qmax)
 {
     float t = rintf(x / scale);
@@ -112,7 +149,13 @@ BK_HD int32_t bk_quantize(float x, float scale, int32_t zero, int32_t qmin, int3
 
 BK_HD float bk_dequantize(int32_t q, float scale, int32_t zero)
 {
+#if defined(__CUDA_ARCH__)
+    /* An explicit round-to-nearest multiply: nvcc must not fuse it into the add that follows
+     * (d = c + v), or GPU potentials would differ from the CPU's in the last bit. */
+    return __fmul_rn((float)(q - zero), scale);
+#else
     return (float)(q - zero) * scale;
+#endif
 }
 
 /* Code at position i of a row of codes. */
@@ -122,6 +165,48 @@ BK_HD int32_t bk_code_at(const uint8_t *row, uint32_t format, uint32_t i)
     uint8_t b = row[i >> 1];
     uint8_t nib = (i & 1) ? (uint8_t)(b >> 4) : (uint8_t)(b & 0x0f);
     return (int32_t)(int8_t)(uint8_t)(nib << 4) >> 4;
+}
+
+/* A scale that is positive and finite even for an all-zero or constant range (safe_scale). */
+BK_HD float bk_safe_scale(float s, float magnitude)
+{
+    const float tiny = 0x1p-126f * 1e6f; /* f32::MIN_POSITIVE * 1e6, rounded in f32 */
+    if (isfinite(s) && s > tiny) return s;
+    if (isfinite(magnitude) && magnitude > 0.0f) return magnitude;
+    return 1.0f;
+}
+
+/* Zero point: round half to even, clamp to i16, NaN to 0 (the Rust `as i16` cast). */
+BK_HD int16_t bk_zero_point(float z)
+{
+    float t = rintf(z);
+    t = t < -32768.0f ? -32768.0f : t;
+    t = t > 32767.0f ? 32767.0f : t;
+    return t == t ? (int16_t)t : (int16_t)0;
+}
+
+/* min/max that return the other operand when one is NaN, quiet or signaling, like Rust's
+ * f32::min/max (C's fminf/fmaxf return NaN for a signaling NaN). Which zero comes back for
+ * (+0, -0) is unspecified there as here; no caller depends on it. */
+BK_HD float bk_minf(float a, float b) { return a != a ? b : (b != b ? a : (b < a ? b : a)); }
+BK_HD float bk_maxf(float a, float b) { return a != a ? b : (b != b ? a : (b > a ? b : a)); }
+
+/* (scale, zero) covering [lo, hi] (AffineParams::from_range). The sign of a zero bound never
+ * changes the result. */
+BK_HD void bk_params_from_range(float lo, float hi, int32_t symmetric, int32_t qmin, int32_t qmax,
+                                float *scale, int16_t *zero)
+{
+    float fqmin = (float)qmin, fqmax = (float)qmax;
+    if (symmetric) {
+        float amax = bk_maxf(fabsf(lo), fabsf(hi));
+        *scale = bk_safe_scale(amax / fqmax, amax);
+        *zero = 0;
+    } else {
+        float l = bk_minf(lo, hi), h = bk_maxf(hi, lo);
+        float s = bk_safe_scale((h - l) / (fqmax - fqmin), bk_maxf(fabsf(l), fabsf(h)));
+        *scale = s;
+        *zero = bk_zero_point(fqmin - l / s);
+    }
 }
 
 #endif /* BK_FORMATS_H */

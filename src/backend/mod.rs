@@ -5,6 +5,7 @@ pub mod cpu;
 pub use cpu::CpuBackend;
 #[cfg(bk_cuda)]
 pub mod cuda;
+pub mod geometry;
 mod lanes;
 mod transpose;
 
@@ -308,7 +309,8 @@ pub fn select(device: &str) -> Result<Box<dyn Backend>> {
     }
 }
 
-/// What this build knows about CUDA: compiled kernel architectures and visible devices.
+/// What this build and machine offer for CUDA, one line each: the targets the embedded kernels
+/// were compiled for and the devices visible (for `bk-infer info`). Safe without a driver.
 pub fn cuda_info() -> Vec<String> {
     #[cfg(bk_cuda)]
     {
@@ -316,7 +318,7 @@ pub fn cuda_info() -> Vec<String> {
     }
     #[cfg(not(bk_cuda))]
     {
-        vec!["kernels: none (built without nvcc; see README, \"GPU builds\")".to_string()]
+        vec!["CUDA kernels: none (built without nvcc; see README)".into()]
     }
 }
 

@@ -1,0 +1,4 @@
+/* Solve kernels reading f32 potentials: every output format, f32 and f64 compute. */
+#include "bk_recursion.cuh"
+
+BK_SOLVE_KERNELS_FOR_INPUT(f32, bk::LoadF32)

@@ -1,0 +1,88 @@
+//! The embedded kernels: fatbins built by build.rs, the names of their entry points, and loading
+//! them into a device once.
+
+use crate::error::{BkError, Result};
+use crate::layout::{FMT_C128, FMT_C64, FMT_F32, FMT_F64, FMT_INT4, FMT_INT8};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/bk_kernels.rs"));
+}
+pub use embedded::{ARCHS, FATBINS, NVCC_VERSION};
+
+/// Input formats the kernels read.
+pub const INPUTS: [u32; 4] = [FMT_F32, FMT_F64, FMT_INT8, FMT_INT4];
+/// Output formats the kernels write.
+pub const OUTPUTS: [u32; 4] = [FMT_C64, FMT_C128, FMT_INT8, FMT_INT4];
+
+fn fmt_name(fmt: u32) -> &'static str {
+    match fmt {
+        FMT_F32 => "f32",
+        FMT_F64 => "f64",
+        FMT_INT8 => "int8",
+        FMT_INT4 => "int4",
+        FMT_C64 => "c64",
+        FMT_C128 => "c128",
+        _ => "unknown",
+    }
+}
+
+/// The entry point for (input format, output format, compute type): `bk_solve_{in}_{out}` for
+/// f32 arithmetic, with `_f64` appended for f64 arithmetic. The one place names are built.
+pub fn kernel_name(input: u32, output: u32, compute_f64: bool) -> String {
+    let suffix = if compute_f64 { "_f64" } else { "" };
+    format!("bk_solve_{}_{}{suffix}", fmt_name(input), fmt_name(output))
+}
+
+/// Every entry point the backend may launch.
+pub fn all_kernel_names() -> Vec<String> {
+    let mut v = vec![];
+    for i in INPUTS {
+        for o in OUTPUTS {
+            for f64 in [false, true] {
+                v.push(kernel_name(i, o, f64));
+            }
+        }
+    }
+    v
+}
+
+/// The modules and functions loaded into one device's context.
+pub(crate) struct Loaded {
+    _modules: Vec<Arc<CudaModule>>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+impl Loaded {
+    /// Loads every fatbin and looks up every entry point; a missing one is an error here, not at
+    /// the first launch that needs it.
+    pub fn load(ctx: &Arc<CudaContext>, device: &str) -> Result<Self> {
+        let mut modules = vec![];
+        for (stem, bytes) in FATBINS {
+            // A copy: the driver reads the image with aligned loads, and a Vec's buffer is aligned.
+            let m = ctx
+                .load_module(Ptx::from_binary(bytes.to_vec()))
+                .map_err(|e| BkError::Cuda(format!("loading kernels/{stem}.cu on {device}: {e:?}")))?;
+            modules.push(m);
+        }
+        let mut functions = HashMap::new();
+        for name in all_kernel_names() {
+            let f = modules.iter().find_map(|m| m.load_function(&name).ok()).ok_or_else(|| {
+                BkError::Cuda(format!("kernel `{name}` is not in the embedded modules ({} fatbins)", FATBINS.len()))
+            })?;
+            functions.insert(name, f);
+        }
+        Ok(Loaded { _modules: modules, functions })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions.get(name).ok_or_else(|| BkError::Cuda(format!("kernel `{name}` was not loaded")))
+    }
+
+    pub fn len(&self) -> usize {
+        self.functions.len()
+    }
+}

@@ -1,0 +1,521 @@
+//! One solve call on the GPU: host-side checks, batch chunks sized to free device memory,
+//! launches, the f64 redo of flagged rows, and per-row status turned into results or errors with
+//! the CPU backend's semantics (see `cpu.rs`).
+
+use crate::backend::geometry::Geometry;
+use super::kernels::kernel_name;
+use super::mem::{cu, upload_new, DevBuf};
+use super::{CudaOptions, Device};
+use crate::backend::lanes::Consts;
+use crate::backend::{auto_wants_f64, check_call, Compute, GOutput, SolveInfo, SolveOptions, VInput, F32_MAX_V};
+use crate::error::{BkError, Result};
+use crate::layout::*;
+use crate::problem::{apply_nan_policy, NanPolicy, Problem};
+use crate::quant::{Bits, QTensor, QuantSpec};
+use crate::reference;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaStream, LaunchConfig, PushKernelArg};
+use num_complex::Complex64;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Free memory left unused for the driver, other kernels and fragmentation.
+const MEMORY_MARGIN: usize = 64 << 20;
+/// Fraction of free device memory one call may use.
+const MEMORY_FRACTION: f64 = 0.8;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    F32,
+    F64,
+    /// f32, redoing in f64 the rows with huge potentials or a non-finite G (`Compute::Auto`).
+    F32Fallback,
+}
+
+/// The potentials as the host holds them after the NaN policy.
+enum HostV<'a> {
+    F32(Cow<'a, [f32]>),
+    F64(Cow<'a, [f64]>),
+    Quant(&'a QTensor),
+}
+
+fn bits_fmt(b: Bits) -> u32 {
+    match b {
+        Bits::Int8 => FMT_INT8,
+        Bits::Int4 => FMT_INT4,
+    }
+}
+
+fn nan_code(p: NanPolicy) -> u32 {
+    match p {
+        NanPolicy::Error => NAN_ERROR,
+        NanPolicy::Zero => NAN_ZERO,
+        NanPolicy::Propagate => NAN_PROPAGATE,
+    }
+}
+
+/// Bytes of one row of a quantized tensor's per-row data: codes plus dynamic parameters.
+fn q_row_bytes(spec: &QuantSpec, n: usize) -> usize {
+    let params = if spec.dynamic { spec.groups(n) * (4 + if spec.symmetric { 0 } else { 2 }) } else { 0 };
+    spec.bits.row_bytes(n) + params
+}
+
+/// A kernel-side view of a quantized tensor.
+fn qdesc(spec: &QuantSpec, n: usize, codes: u64, scale: u64, zero: u64) -> BkQTensor {
+    BkQTensor {
+        codes,
+        scale,
+        zero: if spec.symmetric { 0 } else { zero },
+        row_bytes: spec.bits.row_bytes(n) as u64,
+        group_size: spec.group_size as u32,
+        groups: spec.groups(n) as u32,
+        format: bits_fmt(spec.bits),
+        dynamic: spec.dynamic as u32,
+        qmin: spec.qmin(),
+        qmax: spec.qmax(),
+    }
+}
+
+/// Device copies of one quantized tensor for a batch chunk: codes, and the parameters (static:
+/// uploaded once; dynamic: rows of the chunk).
+struct QDev {
+    spec: QuantSpec,
+    codes: DevBuf,
+    scale: DevBuf,
+    zero: Option<DevBuf>,
+}
+
+impl QDev {
+    fn new(stream: &Arc<CudaStream>, q: &QTensor, chunk_rows: usize, what: &str) -> Result<QDev> {
+        let spec = *q.spec();
+        let n = q.n();
+        let codes = DevBuf::alloc(stream, chunk_rows * spec.bits.row_bytes(n), what)?;
+        let (scale, zero) = if spec.dynamic {
+            let len = chunk_rows * spec.groups(n);
+            let zero = (!spec.symmetric).then(|| DevBuf::alloc(stream, len * 2, what)).transpose()?;
+            (DevBuf::alloc(stream, len * 4, what)?, zero)
+        } else {
+            let p = q.params();
+            let zero = p.zero.as_ref().map(|z| upload_new(stream, bytemuck::cast_slice(z), what)).transpose()?;
+            (upload_new(stream, bytemuck::cast_slice(&p.scale), what)?, zero)
+        };
+        Ok(QDev { spec, codes, scale, zero })
+    }
+
+    fn desc(&self, stream: &CudaStream, n: usize) -> BkQTensor {
+        let zero = self.zero.as_ref().map_or(0, |z| z.ptr(stream));
+        qdesc(&self.spec, n, self.codes.ptr(stream), self.scale.ptr(stream), zero)
+    }
+
+    /// Uploads rows r0..r0 + cnt of `q` (codes, and parameters when dynamic).
+    fn upload_rows(&mut self, stream: &Arc<CudaStream>, q: &QTensor, r0: usize, cnt: usize) -> Result<()> {
+        let n = q.n();
+        let rb = self.spec.bits.row_bytes(n);
+        self.codes.upload(stream, &q.codes()[r0 * rb..(r0 + cnt) * rb], "v codes")?;
+        if self.spec.dynamic {
+            let g = self.spec.groups(n);
+            self.scale.upload(stream, bytemuck::cast_slice(&q.params().scale[r0 * g..(r0 + cnt) * g]), "v scales")?;
+            if let (Some(zd), Some(z)) = (self.zero.as_mut(), q.params().zero.as_ref()) {
+                zd.upload(stream, bytemuck::cast_slice(&z[r0 * g..(r0 + cnt) * g]), "v zero points")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Downloads rows r0..r0 + cnt into `q` (codes, and parameters when dynamic).
+    fn download_rows(&self, stream: &Arc<CudaStream>, q: &mut QTensor, r0: usize, cnt: usize) -> Result<()> {
+        let n = q.n();
+        let (spec, codes, params) = q.parts_mut();
+        let rb = spec.bits.row_bytes(n);
+        self.codes.download(stream, &mut codes[r0 * rb..(r0 + cnt) * rb], "G codes")?;
+        if spec.dynamic {
+            let g = spec.groups(n);
+            self.scale.download(stream, bytemuck::cast_slice_mut(&mut params.scale[r0 * g..(r0 + cnt) * g]), "G scales")?;
+            if let (Some(zd), Some(z)) = (self.zero.as_ref(), params.zero.as_mut()) {
+                zd.download(stream, bytemuck::cast_slice_mut(&mut z[r0 * g..(r0 + cnt) * g]), "G zero points")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the per-chunk parts with `byte` (poisoning; static parameters stay).
+    fn poison(&mut self, stream: &Arc<CudaStream>, byte: u8) -> Result<()> {
+        self.codes.fill(stream, usize::MAX, byte, "G codes")?;
+        if self.spec.dynamic {
+            self.scale.fill(stream, usize::MAX, byte, "G scales")?;
+            if let Some(z) = self.zero.as_mut() {
+                z.fill(stream, usize::MAX, byte, "G zero points")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Device input of a chunk.
+enum VDev {
+    Float(DevBuf),
+    Quant(QDev),
+}
+
+/// Device output of a chunk.
+enum GDev {
+    Complex(DevBuf),
+    Quant(QDev, QDev),
+}
+
+/// The constants of one compute type on the device.
+struct ConstDev {
+    c: DevBuf,
+    c_lo: DevBuf,
+    k: DevBuf,
+}
+
+impl ConstDev {
+    fn new(stream: &Arc<CudaStream>, p: &Problem, f64: bool) -> Result<ConstDev> {
+        fn up<T: bytemuck::Pod>(stream: &Arc<CudaStream>, cs: &Consts<T>) -> Result<ConstDev> {
+            Ok(ConstDev {
+                c: upload_new(stream, bytemuck::cast_slice(&cs.c), "c")?,
+                c_lo: upload_new(stream, bytemuck::cast_slice(&cs.c_lo), "c_lo")?,
+                k: upload_new(stream, bytemuck::cast_slice(&cs.k), "k")?,
+            })
+        }
+        if f64 {
+            up(stream, &Consts::<f64>::new(p))
+        } else {
+            up(stream, &Consts::<f32>::new(p))
+        }
+    }
+}
+
+/// One compute type's kernel, geometry and share of the scratch.
+struct Pass {
+    name: String,
+    f64: bool,
+    geom: Geometry,
+    /// Blocks that fit on the device at once: the grid when the kernel needs scratch.
+    slots: u32,
+}
+
+impl Pass {
+    /// `rows` and `scratch_budget` cap the resident blocks: scratch for blocks that can never have
+    /// a row, or that would not fit, is not allocated (the grid-stride kernel is correct with any
+    /// grid size, and a row's result does not depend on it).
+    fn new(
+        dev: &Device,
+        in_fmt: u32,
+        out_fmt: u32,
+        f64: bool,
+        n: usize,
+        dynamic_out: bool,
+        rows: usize,
+        scratch_budget: usize,
+    ) -> Result<Pass> {
+        let name = kernel_name(in_fmt, out_fmt, f64);
+        let geom = Geometry::new(n, f64, dynamic_out);
+        let f = dev.kernels.get(&name)?;
+        let per_sm =
+            cu(f.occupancy_max_active_blocks_per_multiprocessor(geom.threads, geom.shared_bytes as usize, None), || {
+                format!("occupancy of {name}")
+            })?;
+        let mut slots = dev.sms.saturating_mul(per_sm.max(1)).min(rows.min(u32::MAX as usize) as u32).max(1);
+        let per_block = geom.scratch_per_block();
+        if per_block > 0 {
+            slots = slots.min((scratch_budget / per_block).clamp(1, u32::MAX as usize) as u32);
+        }
+        Ok(Pass { name, f64, geom, slots })
+    }
+
+    fn scratch_bytes(&self) -> usize {
+        self.slots as usize * self.geom.scratch_per_block()
+    }
+}
+
+pub(super) fn solve(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    copts: &CudaOptions,
+    p: &Problem,
+    v: VInput<'_>,
+    out: &mut GOutput,
+    opts: &SolveOptions,
+) -> Result<(SolveInfo, Option<f64>)> {
+    let rows = check_call(p, &v, out)?;
+    let n = p.n();
+    // The calling thread may be new to this context (test threads, rayon workers).
+    cu(dev.ctx.bind_to_thread(), || format!("binding the context of {}", dev.name))?;
+    if n > i32::MAX as usize {
+        return Err(BkError::InvalidArgument(format!("N = {n}: the CUDA backend takes rows of at most 2^31 - 1 positions")));
+    }
+    let mode = match opts.compute {
+        Compute::F32 => Mode::F32,
+        Compute::F64 => Mode::F64,
+        Compute::Auto if auto_wants_f64(p) => Mode::F64,
+        Compute::Auto => Mode::F32Fallback,
+    };
+    // The NaN policy for float inputs is applied here, before upload; the kernels apply it to
+    // potentials they dequantize themselves.
+    let hv = match v {
+        VInput::F32(x) => HostV::F32(apply_nan_policy("v", x, n, opts.nan_policy)?),
+        VInput::F64(x) => HostV::F64(apply_nan_policy("v", x, n, opts.nan_policy)?),
+        VInput::Quant(q) => {
+            q.spec().validate("v")?;
+            HostV::Quant(q)
+        }
+        VInput::F16(_) | VInput::Bf16(_) => return Err(half_storage()),
+    };
+    let (in_fmt, in_row) = match &hv {
+        HostV::F32(_) => (FMT_F32, n * 4),
+        HostV::F64(_) => (FMT_F64, n * 8),
+        HostV::Quant(q) => (bits_fmt(q.spec().bits), q_row_bytes(q.spec(), n)),
+    };
+    let (out_fmt, out_row, dynamic_out) = match &*out {
+        GOutput::C64(_) => (FMT_C64, n * 8, false),
+        GOutput::C128(_) => (FMT_C128, n * 16, false),
+        GOutput::Cf16(_) | GOutput::Cbf16(_) => return Err(half_storage()),
+        GOutput::Quant(q) => {
+            q.re.spec().validate("g.re")?;
+            q.im.spec().validate("g.im")?;
+            let (re, im) = (q.re.spec(), q.im.spec());
+            (bits_fmt(re.bits), q_row_bytes(re, n) + q_row_bytes(im, n), re.dynamic || im.dynamic)
+        }
+    };
+
+    let (free, _) = cu(dev.ctx.mem_get_info(), || format!("reading free memory of {}", dev.name))?;
+    let scratch_budget = free / 4;
+    let main = Pass::new(dev, in_fmt, out_fmt, mode == Mode::F64, n, dynamic_out, rows, scratch_budget)?;
+    let redo =
+        (mode != Mode::F64).then(|| Pass::new(dev, in_fmt, out_fmt, true, n, dynamic_out, rows, scratch_budget)).transpose()?;
+    let consts32 = (mode != Mode::F64).then(|| ConstDev::new(stream, p, false)).transpose()?;
+    let consts64 = ConstDev::new(stream, p, true)?; // the redo pass may need it in any mode
+    let scratch_len = main.scratch_bytes().max(redo.as_ref().map_or(0, |r| r.scratch_bytes()));
+    let scratch = DevBuf::alloc(stream, scratch_len, "kernel scratch")?;
+
+    // Batch chunk: as many rows as fit in free memory after the fixed allocations above.
+    let (free, _) = cu(dev.ctx.mem_get_info(), || format!("reading free memory of {}", dev.name))?;
+    let per_row = in_row + out_row + 8; // + status and row index words
+    let budget = ((free as f64 * MEMORY_FRACTION) as usize).saturating_sub(MEMORY_MARGIN);
+    if budget < per_row {
+        return Err(BkError::Cuda(format!(
+            "{}: one row of N = {n} needs {per_row} bytes of device memory but only {free} bytes are free",
+            dev.name
+        )));
+    }
+    let chunk_rows = (budget / per_row).min(rows).min(copts.max_chunk_rows.unwrap_or(usize::MAX)).min(i32::MAX as usize).max(1);
+
+    let mut vdev = match &hv {
+        HostV::F32(_) | HostV::F64(_) => VDev::Float(DevBuf::alloc(stream, chunk_rows * in_row, "v")?),
+        HostV::Quant(q) => VDev::Quant(QDev::new(stream, q, chunk_rows, "v")?),
+    };
+    let mut gdev = match &*out {
+        GOutput::Quant(q) => {
+            GDev::Quant(QDev::new(stream, &q.re, chunk_rows, "G.re")?, QDev::new(stream, &q.im, chunk_rows, "G.im")?)
+        }
+        _ => GDev::Complex(DevBuf::alloc(stream, chunk_rows * out_row, "G")?),
+    };
+    let mut status_dev = DevBuf::alloc(stream, chunk_rows * 4, "row status")?;
+    let mut index_dev = DevBuf::alloc(stream, chunk_rows * 4, "row index")?;
+
+    let mut rows_f64 = 0usize;
+    let mut kernel_ms = 0f64;
+    for r0 in (0..rows).step_by(chunk_rows) {
+        let cnt = chunk_rows.min(rows - r0);
+        match (&mut vdev, &hv) {
+            (VDev::Float(b), HostV::F32(x)) => b.upload(stream, bytemuck::cast_slice(&x[r0 * n..(r0 + cnt) * n]), "v")?,
+            (VDev::Float(b), HostV::F64(x)) => b.upload(stream, bytemuck::cast_slice(&x[r0 * n..(r0 + cnt) * n]), "v")?,
+            (VDev::Quant(qd), HostV::Quant(q)) => qd.upload_rows(stream, q, r0, cnt)?,
+            _ => unreachable!("device input matches host input by construction"),
+        }
+        status_dev.fill(stream, cnt * 4, copts.poison.unwrap_or(0), "row status")?;
+        if let Some(byte) = copts.poison {
+            match &mut gdev {
+                GDev::Complex(b) => b.fill(stream, usize::MAX, byte, "G")?,
+                GDev::Quant(re, im) => {
+                    re.poison(stream, byte)?;
+                    im.poison(stream, byte)?;
+                }
+            }
+        }
+
+        let launch = |pass: &Pass, consts: &ConstDev, nrows: usize, row_index: u64| -> Result<Option<(CudaEvent, CudaEvent)>> {
+            let g = &pass.geom;
+            let (g_ptr, g_re, g_im) = match &gdev {
+                GDev::Complex(b) => (b.ptr(stream), BkQTensor::default(), BkQTensor::default()),
+                GDev::Quant(re, im) => (0, re.desc(stream, n), im.desc(stream, n)),
+            };
+            let (v_ptr, v_q) = match &vdev {
+                VDev::Float(b) => (b.ptr(stream), BkQTensor::default()),
+                VDev::Quant(q) => (0, q.desc(stream, n)),
+            };
+            let scratch_base = scratch.ptr(stream);
+            let grid = if g.scratch_per_block() > 0 { (nrows as u32).min(pass.slots) } else { nrows as u32 };
+            let params = BkSolveParams {
+                v: v_ptr,
+                c: consts.c.ptr(stream),
+                c_lo: consts.c_lo.ptr(stream),
+                k: consts.k.ptr(stream),
+                g: g_ptr,
+                status: status_dev.ptr(stream),
+                row_index,
+                ain: scratch_base,
+                stage: scratch_base + (pass.slots as usize * g.ain_bytes.next_multiple_of(256)) as u64,
+                v_q,
+                g_re,
+                g_im,
+                d_im: -p.z().im,
+                v_limit: if pass.f64 { f64::INFINITY } else { F32_MAX_V },
+                rows: nrows as u32,
+                n: n as u32,
+                in_format: in_fmt,
+                out_format: out_fmt,
+                compute: if pass.f64 { FMT_F64 } else { FMT_F32 },
+                chunk: g.chunk,
+                threads: g.threads,
+                nan_policy: nan_code(opts.nan_policy),
+                stage_in_shared: g.stage_in_shared as u32,
+                reserved: 0,
+            };
+            let f = dev.kernels.get(&pass.name)?;
+            let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (g.threads, 1, 1), shared_mem_bytes: g.shared_bytes };
+            let mut b = stream.launch_builder(f);
+            b.arg(&params);
+            if copts.time_kernels {
+                b.record_kernel_launch(CUevent_flags::CU_EVENT_DEFAULT);
+            }
+            // SAFETY: `params` matches bk_solve_params_t (layout pinned by tests/layout.rs) and the
+            // kernel named for its formats and compute type. Every pointer in it is a live
+            // allocation of this call sized for `nrows` (≤ chunk_rows) rows of N positions: input
+            // and output per their formats, the constants for N, status and row index words for
+            // chunk_rows rows (row_index entries < cnt), and scratch for `grid` ≤ slots blocks of
+            // this geometry. The kernel checks the geometry fields against its own and flags the
+            // rows instead of running when they disagree.
+            cu(unsafe { b.launch(cfg) }, || format!("launching {} ({nrows} rows, N = {n}) on {}", pass.name, dev.name))
+        };
+        let elapsed = |ev: Option<(CudaEvent, CudaEvent)>| -> Result<f64> {
+            Ok(match ev {
+                Some((a, b)) => cu(a.elapsed_ms(&b), || "reading kernel timing events".into())? as f64,
+                None => 0.0,
+            })
+        };
+
+        let consts_main = if main.f64 { &consts64 } else { consts32.as_ref().expect("f32 constants for an f32 pass") };
+        let ev = launch(&main, consts_main, cnt, 0)?;
+        let mut status = read_status(stream, &status_dev, cnt, &main.name)?;
+        kernel_ms += elapsed(ev)?;
+        let mut ran_f64 = vec![main.f64; cnt];
+        if let Some(redo) = &redo {
+            // Like the CPU: huge potentials always move a row to f64; a non-finite G does in Auto.
+            let idx: Vec<u32> = (0..cnt as u32)
+                .filter(|&r| {
+                    let s = status[r as usize];
+                    s & STATUS_BIG_V != 0 || (mode == Mode::F32Fallback && s & STATUS_NONFINITE_G != 0)
+                })
+                .collect();
+            if !idx.is_empty() {
+                index_dev.upload(stream, bytemuck::cast_slice(&idx), "row index")?;
+                let ev = launch(redo, &consts64, idx.len(), index_dev.ptr(stream))?;
+                status = read_status(stream, &status_dev, cnt, &redo.name)?;
+                kernel_ms += elapsed(ev)?;
+                for &r in &idx {
+                    ran_f64[r as usize] = true;
+                }
+                rows_f64 += idx.len();
+            }
+        } else {
+            rows_f64 += cnt;
+        }
+
+        match (&gdev, &mut *out) {
+            (GDev::Complex(b), GOutput::C64(g)) => {
+                b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?
+            }
+            (GDev::Complex(b), GOutput::C128(g)) => {
+                b.download(stream, bytemuck::cast_slice_mut(&mut g[r0 * n..(r0 + cnt) * n]), "G")?
+            }
+            (GDev::Quant(re, im), GOutput::Quant(q)) => {
+                re.download_rows(stream, &mut q.re, r0, cnt)?;
+                im.download_rows(stream, &mut q.im, r0, cnt)?;
+            }
+            _ => unreachable!("device output matches host output by construction"),
+        }
+        cu(stream.synchronize(), || format!("waiting for results on {}", dev.name))?;
+        check_rows(p, &hv, out, opts.nan_policy, r0, &status, &ran_f64)?;
+    }
+    Ok((SolveInfo { rows, rows_f64 }, copts.time_kernels.then_some(kernel_ms)))
+}
+
+/// Waits for the stream and reads `cnt` status words; a row a kernel did not process, or a
+/// launch the kernel rejected, is an internal error.
+fn read_status(stream: &Arc<CudaStream>, dev: &DevBuf, cnt: usize, kernel: &str) -> Result<Vec<u32>> {
+    let mut s = vec![0u32; cnt];
+    dev.download(stream, bytemuck::cast_slice_mut(&mut s), "row status")?;
+    cu(stream.synchronize(), || format!("running {kernel}"))?;
+    let known = STATUS_WRITTEN | STATUS_NONFINITE_G | STATUS_NONFINITE_V | STATUS_BIG_V;
+    if let Some((r, &w)) = s.iter().enumerate().find(|(_, &w)| w & STATUS_WRITTEN == 0 || w & !known != 0) {
+        let why = if w & STATUS_BAD_LAUNCH != 0 { "rejected its launch parameters" } else { "did not process" };
+        return Err(BkError::Cuda(format!("kernel {kernel} {why} row {r} of the launch (status {w:#x})")));
+    }
+    Ok(s)
+}
+
+/// The CPU backend's errors, from the rows' final status: a non-finite potential under
+/// `NanPolicy::Error` (only dequantized inputs can get here), then a singular matrix.
+fn check_rows(
+    p: &Problem,
+    hv: &HostV<'_>,
+    out: &GOutput,
+    policy: NanPolicy,
+    r0: usize,
+    status: &[u32],
+    ran_f64: &[bool],
+) -> Result<()> {
+    let n = p.n();
+    if policy == NanPolicy::Error {
+        if let (Some(r), HostV::Quant(q)) = (status.iter().position(|s| s & STATUS_NONFINITE_V != 0), hv) {
+            let row = r0 + r;
+            let mut x = vec![0f32; n];
+            q.dequantize_row(row, &mut x);
+            let pos = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(BkError::NonFinite { tensor: "v".into(), row, pos, value: x[pos] as f64 });
+        }
+    }
+    for (r, &s) in status.iter().enumerate() {
+        if s & STATUS_NONFINITE_G == 0 || s & STATUS_NONFINITE_V != 0 {
+            continue; // fine, or a NaN-propagate row whose NaN output is what was asked for
+        }
+        let row = r0 + r;
+        let row_v = row_values(hv, row, n, ran_f64[r]);
+        let mut g = vec![Complex64::default(); n];
+        let pos = match reference::solve_row(p, &row_v, &mut g) {
+            Err(pos) => pos,
+            Ok(()) => first_nonfinite(out, row, n).unwrap_or(0),
+        };
+        return Err(BkError::SingularPivot { row, pos, im_z: p.z().im });
+    }
+    Ok(())
+}
+
+/// A row's potentials as the kernel of that compute type saw them.
+fn row_values(hv: &HostV<'_>, row: usize, n: usize, f64: bool) -> Vec<f64> {
+    match hv {
+        HostV::F32(x) => x[row * n..(row + 1) * n].iter().map(|&a| a as f64).collect(),
+        HostV::F64(x) => x[row * n..(row + 1) * n].iter().map(|&a| if f64 { a } else { a as f32 as f64 }).collect(),
+        HostV::Quant(q) => {
+            let mut x = vec![0f32; n];
+            q.dequantize_row(row, &mut x);
+            x.iter().map(|&a| a as f64).collect()
+        }
+    }
+}
+
+/// f16/bf16 storage is widened by `CudaBackend::solve_into` before it gets here.
+fn half_storage() -> BkError {
+    BkError::Backend { backend: "cuda".into(), msg: "half-precision storage must be widened before the kernels run".into() }
+}
+
+fn first_nonfinite(out: &GOutput, row: usize, n: usize) -> Option<usize> {
+    match out {
+        GOutput::C64(g) => g[row * n..(row + 1) * n].iter().position(|c| !(c.re.is_finite() && c.im.is_finite())),
+        GOutput::C128(g) => g[row * n..(row + 1) * n].iter().position(|c| !(c.re.is_finite() && c.im.is_finite())),
+        GOutput::Quant(_) | GOutput::Cf16(_) | GOutput::Cbf16(_) => None,
+    }
+}
