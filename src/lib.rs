@@ -27,6 +27,7 @@ pub mod problem;
 pub mod ptq;
 pub mod quant;
 pub mod reference;
+pub mod report;
 pub mod stats;
 pub mod workload;
 
