@@ -5,7 +5,9 @@ mod calibrate;
 mod common;
 mod info;
 mod infer;
+mod plot;
 mod run;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,7 @@ Typical flow:
   bk-infer                                          # the embedded demo (same as `bk-infer run`)
   bk-infer calibrate --input cal.npy --precision int4 --output m.safetensors
   bk-infer infer --input v.npy --model m.safetensors --output g.npy --stats
+  bk-infer sweep --workload seed --output sweep      # every precision × method: CSV + graph
   bk-infer info                                     # backends, kernels, devices";
 
 #[derive(Parser)]
@@ -37,6 +40,9 @@ enum Cmd {
     Calibrate(calibrate::Args),
     /// Compute G for potentials from a .npy file, in fp32 or with a model's quantization.
     Infer(infer::Args),
+    /// Every precision × calibration method on a workload: table, CSV and robustness graph
+    /// (relative error against bits per value, SVG and PNG).
+    Sweep(sweep::Args),
     /// Version, backends, compiled kernels and visible devices.
     Info(info::Args),
 }
@@ -48,6 +54,7 @@ fn main() {
         Some(Cmd::Run(a)) => run::main(a),
         Some(Cmd::Calibrate(a)) => calibrate::main(a),
         Some(Cmd::Infer(a)) => infer::main(a),
+        Some(Cmd::Sweep(a)) => sweep::main(a),
         Some(Cmd::Info(a)) => info::main(a),
     };
     if let Err(e) = result {
