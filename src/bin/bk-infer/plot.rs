@@ -139,7 +139,7 @@ fn draw<DB: DrawingBackend>(
     }
     chart
         .draw_series(seed.iter().map(|(p, _)| Cross::new((p.bits, p.err_pct), 9, BLACK.stroke_width(3))))?
-        .label("seed, as reported")
+        .label("seed as reported (its workload)")
         .legend(|(x, y)| Cross::new((x + 12, y), 6, BLACK.stroke_width(2)));
     chart.draw_series(
         seed.iter().map(|(p, label)| Text::new(format!("{label} {} %", p.err_pct), (p.bits + 0.08, p.err_pct * 1.12), (FAMILY, 14))),

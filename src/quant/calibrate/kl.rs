@@ -2,14 +2,17 @@
 //! loses the least information, KL(P ‖ Q), where P is the observed distribution with the
 //! clipped tails folded into the edge bins and Q is P spread evenly over each code's bins.
 //!
-//! Symmetric specs search a threshold t on |x|; asymmetric ones search both ends in turn.
-//! Works on a dense re-binning of the unit's histogram (bin centres), so its resolution is
-//! `4 × levels` bins (at least 256, at most 1024): a clip window keeps at least one bin per
-//! code, so INT8 ranges can shrink to a quarter, INT4 ones to a sixteenth.
+//! Symmetric specs search a threshold t on |x|; asymmetric ones search both ends in turn, and
+//! keep the median inside the window (with heavy tails, a window out in one tail can score a
+//! small divergence once nearly all the mass is folded onto its edge). Works on a dense
+//! re-binning of the unit's histogram (bin centres) into 1024 bins: a clip window keeps at
+//! least one bin per code, so INT8 ranges can shrink to a quarter, INT4 ones to 1/64.
 
 use super::super::observer::Histogram;
 use super::super::{AffineParams, QuantSpec};
 
+/// Resolution of the dense re-binning.
+const BINS: usize = 1024;
 /// Candidate clip positions per search direction.
 const STEPS: usize = 32;
 /// Probability floor for Q where P has mass: TensorRT-style smoothing, so that a candidate
@@ -18,11 +21,12 @@ const Q_FLOOR: f64 = 1e-8;
 
 pub(crate) fn kl(spec: &QuantSpec, h: &Histogram) -> (f32, i16) {
     let (lo, hi) = (h.min(), h.max());
-    if !(hi > lo) || h.total() == 0.0 {
+    // Histograms only ever hold finite values (calibration batches are checked).
+    if h.total() == 0.0 || hi <= lo {
         return AffineParams::from_range(spec, lo as f32, hi as f32);
     }
     let levels = spec.levels() as usize + 1;
-    let bins = (4 * levels).clamp(256, 1024);
+    let bins = BINS.max(levels);
     if spec.symmetric {
         let amax = lo.abs().max(hi.abs());
         let counts = rebin(h, bins, 0.0, amax, true);
@@ -36,6 +40,7 @@ pub(crate) fn kl(spec: &QuantSpec, h: &Histogram) -> (f32, i16) {
         AffineParams::from_range(spec, -t, t)
     } else {
         let counts = rebin(h, bins, lo, hi, false);
+        let median = ((h.quantile(0.5) - lo) / (hi - lo) * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
         let (mut a, mut b) = (0usize, bins);
         let mut best = divergence(&counts, a, b, levels);
         for _round in 0..2 {
@@ -43,7 +48,7 @@ pub(crate) fn kl(spec: &QuantSpec, h: &Histogram) -> (f32, i16) {
                 for j in 1..STEPS {
                     let shift = j * (bins / 2) / STEPS;
                     let (ca, cb) = if side == 0 { (shift, b) } else { (a, bins - shift) };
-                    if cb <= ca || cb - ca < levels {
+                    if cb <= ca || cb - ca < levels || ca > median || cb <= median {
                         continue;
                     }
                     let d = divergence(&counts, ca, cb, levels);

@@ -38,8 +38,8 @@ const TAIL_SAMPLES: [f64; 2] = [0.0, 8.0];
 const SPREAD_P_MIN: f64 = 0.001;
 /// Clip factors: a coarse geometric grid per family, then a fine one around the best.
 const COARSE_FIRST: f32 = 0.4;
-const COARSE_RATIO: f32 = 1.12;
-const COARSE_STEPS: usize = 22;
+const COARSE_RATIO: f32 = 1.2;
+const COARSE_STEPS: usize = 14;
 const FINE_RATIO: f32 = 1.025;
 const FINE_STEPS: i32 = 5;
 /// A unit is tuned on its own only with at least this many reservoir samples; below it, its
@@ -227,7 +227,7 @@ impl FoldValues {
                     let cols = j * gs..((j + 1) * gs).min(n);
                     rows.clone()
                         .enumerate()
-                        .filter(|(r, _)| parity.is_none_or(|p| r % 2 == p))
+                        .filter(|(r, _)| parity.map_or(true, |p| r % 2 == p))
                         .flat_map(|(_, row)| row[cols.clone()].iter().copied())
                         .collect()
                 })
@@ -374,7 +374,7 @@ fn l1(spec: &QuantSpec, xs: &[f32], ys: &[f32], scale: f32, zero: i16) -> f64 {
 /// of the observed range, kept only if it beats `start`.
 fn l1_clip(spec: &QuantSpec, xs: &[f32], ys: &[f32], start: Range) -> Range {
     let (lo0, hi0) = xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-    if !(hi0 >= lo0) {
+    if xs.is_empty() {
         return start;
     }
     let eval = |(lo, hi): Range| {
