@@ -62,6 +62,10 @@ pub enum BkError {
     #[error("CUDA: {0}")]
     Cuda(String),
 
+    /// The backend does not implement this operation (yet); another backend may.
+    #[error("backend `{backend}` does not support {op}")]
+    Unsupported { backend: String, op: String },
+
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

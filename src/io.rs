@@ -67,7 +67,7 @@ pub fn read_potentials_bytes(bytes: &[u8], path: &Path) -> Result<Batch> {
         return Err(file_err(path, format!("empty array of shape {shape:?}: need B ≥ 1 and N ≥ 1")));
     }
     let fortran = npy.order() == npyz::Order::Fortran;
-    let descr = npy.dtype().descr();
+    let descr = npy.dtype().descr().trim_matches('\'').to_string();
     let expected = rows * n;
     let truncated = |e: std::io::Error| file_err(path, format!("cannot read {expected} values of {descr}: {e} (truncated file?)"));
     // npyz writes the descriptor as a Python literal, quotes included (`'<f4'`).

@@ -18,12 +18,17 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod error;
+pub mod grad;
 pub mod io;
 pub mod layout;
+pub mod mixed;
 pub mod model;
 pub mod plan;
+pub mod precision;
 pub mod problem;
+pub mod qat;
 pub mod ptq;
 pub mod quant;
 pub mod reference;
@@ -36,3 +41,8 @@ pub use error::{BkError, Result};
 pub use model::{Layer, Model, ModelMeta};
 pub use plan::QuantPlan;
 pub use problem::{NanPolicy, Problem, H0};
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -12,11 +12,23 @@
 //!
 //! Global metadata: `format` = `bk-infer-model`, `format_version`, `layers`,
 //! `calibration_method`, `calibration_samples`, `created_by`.
+//!
+//! Format version 2 adds per-tensor floating-point storage (see [`crate::precision`]):
+//! - `layers.{k}.{v|g}.precision` may also be `fp16` or `bf16` (unquantized v or G stored in it);
+//! - `layers.{k}.h0.precision` ∈ fp64 | fp32 | fp16 | bf16 | int8 | int4 (absent: fp64, as in
+//!   version 1). Float H0 tensors have that dtype (F64, F32, F16, BF16). Integer H0 stores each
+//!   part's codes in `layers.{k}.h0_{diag|super|sub}` (I8, or U8 with two INT4 codes per byte,
+//!   low nibble first), with `.scale` F32 and `.zero` I16 per group of
+//!   `layers.{k}.h0.group_size` positions (asymmetric, static).
+//!
+//! Files that use none of this are written as version 1, so older readers still read them;
+//! this build reads both versions.
 
 use crate::error::{BkError, Result};
 use crate::plan::QuantPlan;
 use crate::problem::{Problem, H0};
-use crate::quant::{AffineParams, Bits, ComplexQuant, QuantSpec, TensorQuant};
+use crate::precision::{FloatFormat, H0Storage, LayerPrecision, Storage};
+use crate::quant::{AffineParams, Bits, ComplexQuant, QTensor, QuantSpec, TensorQuant};
 use num_complex::Complex64;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -24,13 +36,24 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "bk-infer-model";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this build writes (only when needed) and reads.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// One BK layer: its problem and how its tensors are stored.
 #[derive(Clone, Debug)]
 pub struct Layer {
+    /// H0 here holds the values the stored H0 decodes to.
     pub problem: Problem,
     pub plan: QuantPlan,
+    /// Float formats of what the plan leaves unquantized, and H0's storage.
+    pub storage: Storage,
+}
+
+impl Layer {
+    /// The precision of each tensor.
+    pub fn precision(&self) -> LayerPrecision {
+        LayerPrecision::of(&self.plan, &self.storage)
+    }
 }
 
 /// Where a model came from.
@@ -60,7 +83,7 @@ pub struct Model {
 impl Model {
     pub fn single(problem: Problem, plan: QuantPlan, meta: ModelMeta) -> Result<Self> {
         plan.validate(problem.n())?;
-        Ok(Model { layers: vec![Layer { problem, plan }], meta })
+        Ok(Model { layers: vec![Layer { problem, plan, storage: Storage::default() }], meta })
     }
 
     /// Layer `k`, or an error naming the valid range.
@@ -84,7 +107,8 @@ impl Model {
     pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let mut meta: HashMap<String, String> = HashMap::new();
         meta.insert("format".into(), FORMAT.into());
-        meta.insert("format_version".into(), FORMAT_VERSION.to_string());
+        let v2 = self.layers.iter().any(|l| l.storage != Storage::default());
+        meta.insert("format_version".into(), if v2 { FORMAT_VERSION } else { 1 }.to_string());
         meta.insert("layers".into(), self.layers.len().to_string());
         meta.insert("calibration_method".into(), self.meta.calibration_method.clone());
         meta.insert("calibration_samples".into(), self.meta.calibration_samples.to_string());
@@ -96,13 +120,11 @@ impl Model {
             let n = p.n();
             let pre = format!("layers.{k}");
             meta.insert(format!("{pre}.n"), n.to_string());
-            tensors.push((format!("{pre}.h0_diag"), Dtype::F64, vec![n], f64s(&p.h0().diag)));
-            tensors.push((format!("{pre}.h0_super"), Dtype::F64, vec![n - 1], f64s(&p.h0().sup)));
-            tensors.push((format!("{pre}.h0_sub"), Dtype::F64, vec![n - 1], f64s(&p.h0().sub)));
+            put_h0(&mut tensors, &mut meta, &pre, p.h0(), &layer.storage.h0, path)?;
             tensors.push((format!("{pre}.z"), Dtype::F64, vec![2], f64s(&[p.z().re, p.z().im])));
-            let mut put = |name: String, tq: Option<&TensorQuant>| {
+            let mut put = |name: String, tq: Option<&TensorQuant>, float: FloatFormat| {
                 let Some(tq) = tq else {
-                    meta.insert(format!("{name}.precision"), "fp32".into());
+                    meta.insert(format!("{name}.precision"), float.precision().label());
                     return;
                 };
                 let s = tq.spec;
@@ -119,14 +141,14 @@ impl Model {
                     }
                 }
             };
-            put(format!("{pre}.v"), layer.plan.v.as_ref());
+            put(format!("{pre}.v"), layer.plan.v.as_ref(), layer.storage.v);
             match &layer.plan.g {
                 Some(g) => {
-                    put(format!("{pre}.g.re"), Some(&g.re));
-                    put(format!("{pre}.g.im"), Some(&g.im));
+                    put(format!("{pre}.g.re"), Some(&g.re), FloatFormat::F32);
+                    put(format!("{pre}.g.im"), Some(&g.im), FloatFormat::F32);
                     meta.insert(format!("{pre}.g.precision"), bits_name(g.re.spec.bits).into());
                 }
-                None => put(format!("{pre}.g"), None),
+                None => put(format!("{pre}.g"), None, layer.storage.g),
             }
         }
         let views = tensors
@@ -156,8 +178,8 @@ impl Model {
             return Err(r.err(format!("metadata `format` must be `{FORMAT}`: this is not a bk-infer model file")));
         }
         let version: u32 = r.parse("format_version")?;
-        if version != FORMAT_VERSION {
-            return Err(r.err(format!("format_version {version} is not supported (this build reads {FORMAT_VERSION})")));
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(r.err(format!("format_version {version} is not supported (this build reads 1 to {FORMAT_VERSION})")));
         }
         let count: usize = r.parse("layers")?;
         if count == 0 {
@@ -234,16 +256,15 @@ impl Reader<'_> {
         if n == 0 {
             return Err(self.err(format!("`{pre}.n` must be at least 1")));
         }
-        let h0 = H0 {
-            diag: self.f64s(&format!("{pre}.h0_diag"), n)?,
-            sup: self.f64s(&format!("{pre}.h0_super"), n - 1)?,
-            sub: self.f64s(&format!("{pre}.h0_sub"), n - 1)?,
-        };
+        let (h0, h0_storage) = self.h0(&pre, n)?;
         let z = self.f64s(&format!("{pre}.z"), 2)?;
         let problem = Problem::new(h0, Complex64::new(z[0], z[1])).map_err(|e| self.err(format!("layer {k}: {e}")))?;
-        let v = self.tensor_quant(&format!("{pre}.v"), &format!("{pre}.v"), n)?;
-        let g_prec: String = self.parse(&format!("{pre}.g.precision"))?;
-        let g = if g_prec == "fp32" {
+        let v_key = format!("{pre}.v.precision");
+        let v_float = self.float_format(&v_key)?;
+        let v = if v_float.is_some() { None } else { self.tensor_quant(&format!("{pre}.v"), &format!("{pre}.v"), n)? };
+        let g_key = format!("{pre}.g.precision");
+        let g_float = self.float_format(&g_key)?;
+        let g = if g_float.is_some() {
             None
         } else {
             let re = self.tensor_quant(&format!("{pre}.g.re"), &format!("{pre}.g.re"), n)?;
@@ -255,7 +276,95 @@ impl Reader<'_> {
         };
         let plan = QuantPlan { v, g };
         plan.validate(n).map_err(|e| self.err(format!("layer {k}: {e}")))?;
-        Ok(Layer { problem, plan })
+        let storage = Storage { v: v_float.unwrap_or_default(), g: g_float.unwrap_or_default(), h0: h0_storage };
+        Ok(Layer { problem, plan, storage })
+    }
+
+    /// `Some` float format when the precision at `key` is fp32, fp16 or bf16; `None` for int8/int4.
+    fn float_format(&self, key: &str) -> Result<Option<FloatFormat>> {
+        let prec: String = self.parse(key)?;
+        Ok(match prec.as_str() {
+            "fp32" => Some(FloatFormat::F32),
+            "fp16" => Some(FloatFormat::F16),
+            "bf16" => Some(FloatFormat::Bf16),
+            "int8" | "int4" => None,
+            other => return Err(self.err(format!("`{key}` = `{other}`: expected fp32, fp16, bf16, int8 or int4"))),
+        })
+    }
+
+    /// H0 of a layer as stored (any precision), and its storage.
+    fn h0(&self, pre: &str, n: usize) -> Result<(H0, H0Storage)> {
+        let key = format!("{pre}.h0.precision");
+        let prec = if self.meta.contains_key(&key) { self.parse::<String>(&key)? } else { "fp64".to_string() };
+        let names = [format!("{pre}.h0_diag"), format!("{pre}.h0_super"), format!("{pre}.h0_sub")];
+        let lens = [n, n - 1, n - 1];
+        let float = |dtype: Dtype, width: usize, conv: fn(&[u8]) -> f64| -> Result<Vec<Vec<f64>>> {
+            names
+                .iter()
+                .zip(lens)
+                .map(|(name, len)| {
+                    let v: Vec<f64> = self.raw(name, dtype, len)?.chunks_exact(width).map(conv).collect();
+                    match v.iter().position(|x| !x.is_finite()) {
+                        Some(i) => Err(self.tensor_err(name, format!("element {i} is {}", v[i]))),
+                        None => Ok(v),
+                    }
+                })
+                .collect()
+        };
+        let (parts, storage) = match prec.as_str() {
+            "fp64" => (float(Dtype::F64, 8, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])))?, H0Storage::F64),
+            "fp32" => (float(Dtype::F32, 4, |b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as f64)?, H0Storage::F32),
+            "fp16" => (float(Dtype::F16, 2, |b| half::f16::from_le_bytes(b.try_into().unwrap_or([0; 2])).to_f64())?, H0Storage::F16),
+            "bf16" => (float(Dtype::BF16, 2, |b| half::bf16::from_le_bytes(b.try_into().unwrap_or([0; 2])).to_f64())?, H0Storage::Bf16),
+            "int8" | "int4" => {
+                let bits = if prec == "int8" { Bits::Int8 } else { Bits::Int4 };
+                let group: usize = self.parse(&format!("{pre}.h0.group_size"))?;
+                let spec = QuantSpec { bits, group_size: group, symmetric: false, dynamic: false };
+                spec.validate(&format!("{pre}.h0")).map_err(|e| self.err(e.to_string()))?;
+                let mut tqs = Vec::with_capacity(3);
+                let mut parts = Vec::with_capacity(3);
+                for (name, len) in names.iter().zip(lens) {
+                    let (tq, vals) = self.h0_part(name, spec, len)?;
+                    tqs.push(tq);
+                    parts.push(vals);
+                }
+                let sub = tqs.pop().unwrap_or_else(|| TensorQuant::dynamic(spec));
+                let sup = tqs.pop().unwrap_or_else(|| TensorQuant::dynamic(spec));
+                let diag = tqs.pop().unwrap_or_else(|| TensorQuant::dynamic(spec));
+                (parts, H0Storage::Quant { diag, sup, sub })
+            }
+            other => return Err(self.err(format!("`{key}` = `{other}`: expected fp64, fp32, fp16, bf16, int8 or int4"))),
+        };
+        let mut it = parts.into_iter();
+        let (diag, sup, sub) = (it.next().unwrap_or_default(), it.next().unwrap_or_default(), it.next().unwrap_or_default());
+        Ok((H0 { diag, sup, sub }, storage))
+    }
+
+    /// One integer H0 part: its codes, scales and zero points, and the values they decode to.
+    fn h0_part(&self, name: &str, spec: QuantSpec, len: usize) -> Result<(TensorQuant, Vec<f64>)> {
+        let groups = spec.groups(len);
+        let (code_dtype, code_len) = match spec.bits {
+            Bits::Int8 => (Dtype::I8, len),
+            Bits::Int4 => (Dtype::U8, len.div_ceil(2)),
+        };
+        let codes = self.raw(name, code_dtype, code_len)?.to_vec();
+        let scale: Vec<f32> = self
+            .raw(&format!("{name}.scale"), Dtype::F32, groups)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+            .collect();
+        let zero: Vec<i16> = self
+            .raw(&format!("{name}.zero"), Dtype::I16, groups)?
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes(b.try_into().unwrap_or([0; 2])))
+            .collect();
+        let params = AffineParams { scale, zero: Some(zero) };
+        let tq = TensorQuant::new_static(spec, params.clone());
+        if len == 0 {
+            return Ok((tq, vec![]));
+        }
+        let q = QTensor::from_parts(name, spec, 1, len, codes, params).map_err(|e| self.tensor_err(name, e.to_string()))?;
+        Ok((tq, q.dequantize().into_iter().map(f64::from).collect()))
     }
 
     /// The format of one real tensor (`None` for fp32) with its static parameters.
@@ -303,4 +412,56 @@ impl Reader<'_> {
         };
         Ok(Some(TensorQuant::new_static(spec, AffineParams { scale, zero })))
     }
+}
+
+/// Writes H0 in its storage format (see the module docs).
+fn put_h0(
+    tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    meta: &mut HashMap<String, String>,
+    pre: &str,
+    h0: &H0,
+    storage: &H0Storage,
+    path: &Path,
+) -> Result<()> {
+    let names = [format!("{pre}.h0_diag"), format!("{pre}.h0_super"), format!("{pre}.h0_sub")];
+    let parts = [&h0.diag, &h0.sup, &h0.sub];
+    if *storage != H0Storage::F64 {
+        meta.insert(format!("{pre}.h0.precision"), storage.precision().label().split('-').next().unwrap_or("fp64").to_string());
+    }
+    let float = |tensors: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, dtype: Dtype, conv: &dyn Fn(f64) -> Vec<u8>| {
+        for (name, x) in names.iter().zip(parts) {
+            tensors.push((name.clone(), dtype, vec![x.len()], x.iter().flat_map(|&v| conv(v)).collect()));
+        }
+    };
+    match storage {
+        H0Storage::F64 => float(tensors, Dtype::F64, &|v| v.to_le_bytes().to_vec()),
+        H0Storage::F32 => float(tensors, Dtype::F32, &|v| (v as f32).to_le_bytes().to_vec()),
+        H0Storage::F16 => float(tensors, Dtype::F16, &|v| half::f16::from_f64(v).to_le_bytes().to_vec()),
+        H0Storage::Bf16 => float(tensors, Dtype::BF16, &|v| half::bf16::from_f64(v).to_le_bytes().to_vec()),
+        H0Storage::Quant { diag, sup, sub } => {
+            meta.insert(format!("{pre}.h0.group_size"), diag.spec.group_size.to_string());
+            for ((name, x), tq) in names.iter().zip(parts).zip([diag, sup, sub]) {
+                let params = tq.params.as_ref().ok_or_else(|| BkError::ModelTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    msg: "integer H0 needs static scales".into(),
+                })?;
+                // The stored H0 already holds decoded values: re-quantizing them with the same
+                // parameters gives back the same codes.
+                let xs: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let (dtype, codes) = if xs.is_empty() {
+                    (if tq.spec.bits == Bits::Int8 { Dtype::I8 } else { Dtype::U8 }, vec![])
+                } else {
+                    let q = QTensor::quantize(name, tq, &xs, 1, xs.len())?;
+                    (if tq.spec.bits == Bits::Int8 { Dtype::I8 } else { Dtype::U8 }, q.codes().to_vec())
+                };
+                let clen = codes.len();
+                tensors.push((name.clone(), dtype, vec![clen], codes));
+                tensors.push((format!("{name}.scale"), Dtype::F32, vec![params.scale.len()], params.scale.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                let z = params.zero.as_deref().unwrap_or(&[]);
+                tensors.push((format!("{name}.zero"), Dtype::I16, vec![z.len()], z.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            }
+        }
+    }
+    Ok(())
 }

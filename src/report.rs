@@ -1,11 +1,13 @@
-//! Per-tensor error statistics and exact stored sizes of a quantized run, per layer: what
-//! `bk-infer infer --stats` and `bk-infer sweep` print.
+//! Per-tensor error statistics and exact stored sizes of a quantized (or fp16/bf16) run, per
+//! layer: what `bk-infer infer --stats` and `bk-infer sweep` print.
 //!
 //! Sizes are exact: codes + scales + zero points. Static parameters belong to the model and are
 //! counted in `bytes` (as the library stores them for a call) and reported separately, so that
 //! a per-call figure with them amortized over many calls can be given beside it.
 
 use crate::backend::{GOutput, VInput};
+use crate::precision::{FloatFormat, Storage};
+use half::{bf16, f16};
 use crate::error::{BkError, Result};
 use crate::plan::QuantPlan;
 use crate::problem::Problem;
@@ -49,15 +51,20 @@ impl TensorReport {
     }
 }
 
-/// Both tensors of one layer.
+/// Both tensors of one layer, and what its H0 costs the model.
 #[derive(Clone, Debug)]
 pub struct LayerReport {
     pub layer: usize,
     pub v: TensorReport,
     pub g: TensorReport,
+    /// H0's storage (`fp64`, `fp32`, `fp16`, `bf16`, `int8`, …) and its exact bytes: a weight,
+    /// stored once in the model, not per call, so not part of [`LayerReport::bytes`].
+    pub h0_format: String,
+    pub h0_bytes: usize,
 }
 
 impl LayerReport {
+    /// v and G as stored for the call.
     pub fn bytes(&self) -> usize {
         self.v.bytes + self.g.bytes
     }
@@ -77,12 +84,14 @@ impl LayerReport {
     }
 }
 
-/// Reports layer `layer` of a run: `v` is the unquantized input (f32 or f64), `g` what the
-/// backend stored, `reference` the f64 oracle on `v`.
+/// Reports layer `layer` of a run: `v` is the input before any quantization or rounding (f32
+/// or f64), `plan` and `storage` how the layer stores v and G, `g` what the backend stored,
+/// `reference` the f64 oracle on `v`.
 pub fn layer_report(
     layer: usize,
     p: &Problem,
     plan: &QuantPlan,
+    storage: &Storage,
     v: VInput<'_>,
     g: &GOutput,
     reference: &[Complex64],
@@ -95,13 +104,22 @@ pub fn layer_report(
     let v64: Vec<f64> = match v {
         VInput::F32(x) => x.iter().map(|&a| a as f64).collect(),
         VInput::F64(x) => x.to_vec(),
-        VInput::Quant(_) => {
-            return Err(BkError::InvalidArgument("a layer report needs the unquantized potentials".into()));
+        VInput::F16(_) | VInput::Bf16(_) | VInput::Quant(_) => {
+            return Err(BkError::InvalidArgument("a layer report needs the potentials before quantization or rounding".into()));
         }
     };
-    let v_report = match &plan.v {
-        Some(tq) => {
-            let v32: Vec<f32> = v64.iter().map(|&a| a as f32).collect();
+    let v32: Vec<f32> = v64.iter().map(|&a| a as f32).collect();
+    let float_v = |format: &str, back: Vec<f64>, bytes_per: usize| TensorReport {
+        tensor: "v",
+        format: format.into(),
+        stats: ErrorStats::compare_real(&back, &v64),
+        bytes: rows * n * bytes_per,
+        static_param_bytes: 0,
+        float_bytes: rows * n * 4,
+        values: rows * n,
+    };
+    let v_report = match (&plan.v, storage.v, v) {
+        (Some(tq), _, _) => {
             let q = ptq::quantize_v(p, plan, &v32)?.ok_or_else(|| BkError::InvalidArgument("plan without v".into()))?;
             let back: Vec<f64> = q.dequantize().iter().map(|&a| a as f64).collect();
             TensorReport {
@@ -114,15 +132,11 @@ pub fn layer_report(
                 values: rows * n,
             }
         }
-        None => TensorReport {
-            tensor: "v",
-            format: if matches!(v, VInput::F64(_)) { "fp64".into() } else { "fp32".into() },
-            stats: ErrorStats::compare_real(&v64, &v64),
-            bytes: v.stored_bytes(),
-            static_param_bytes: 0,
-            float_bytes: rows * n * 4,
-            values: rows * n,
-        },
+        (None, FloatFormat::F16, _) => float_v("fp16", v32.iter().map(|&x| f16::from_f32(x).to_f64()).collect(), 2),
+        (None, FloatFormat::Bf16, _) => float_v("bf16", v32.iter().map(|&x| bf16::from_f32(x).to_f64()).collect(), 2),
+        // Unquantized f64 input stays f64 (the CLI keeps an f64 .npy in f64).
+        (None, FloatFormat::F32, VInput::F64(_)) => float_v("fp64", v64.clone(), 8),
+        (None, FloatFormat::F32, _) => float_v("fp32", v64.clone(), 4),
     };
     let g_static = plan.g.as_ref().map_or(0, |c| static_param_bytes(&c.re, n) + static_param_bytes(&c.im, n));
     let g_report = TensorReport {
@@ -130,6 +144,8 @@ pub fn layer_report(
         format: match g {
             GOutput::C64(_) => "fp32".into(),
             GOutput::C128(_) => "fp64".into(),
+            GOutput::Cf16(_) => "fp16".into(),
+            GOutput::Cbf16(_) => "bf16".into(),
             GOutput::Quant(q) => q.re.spec().label(),
         },
         stats: ErrorStats::compare(&g.to_c128(), reference),
@@ -138,7 +154,7 @@ pub fn layer_report(
         float_bytes: rows * n * 8,
         values: 2 * rows * n,
     };
-    Ok(LayerReport { layer, v: v_report, g: g_report })
+    Ok(LayerReport { layer, v: v_report, g: g_report, h0_format: storage.h0.precision().label(), h0_bytes: storage.h0.stored_bytes(n) })
 }
 
 /// Bytes of a tensor's static parameters (0 when dynamic).
@@ -169,7 +185,7 @@ mod tests {
         let plan = QuantPlan { v: Some(vq), g: Some(ComplexQuant { re: gq.clone(), im: gq }) };
         let run = ptq::run(&CpuBackend::new(), &p, &plan, &v, &SolveOptions::default()).unwrap();
         let exact = reference::solve_batch_f32(&p, &v).unwrap();
-        let r = layer_report(0, &p, &plan, VInput::F32(&v), &run.g, &exact).unwrap();
+        let r = layer_report(0, &p, &plan, &Storage::default(), VInput::F32(&v), &run.g, &exact).unwrap();
         // v: 150 B of codes per row + 3 groups × (4 + 2) B of static parameters.
         assert_eq!((r.v.bytes, r.v.static_param_bytes), (rows * 150 + 18, 18));
         assert!((r.v.bits_per_value_amortized() - 4.0).abs() < 1e-12);
@@ -181,14 +197,32 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_storage_reports_its_rounding_and_two_bytes_per_value() {
+        let p = Problem::laplacian(64, Complex64::new(0.0, 1.0)).unwrap();
+        let v: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
+        let exact = reference::solve_batch_f32(&p, &v).unwrap();
+        for (fmt, name) in [(FloatFormat::F16, "fp16"), (FloatFormat::Bf16, "bf16")] {
+            let storage = Storage { v: fmt, g: fmt, ..Storage::default() };
+            let layer = crate::model::Layer { problem: p.clone(), plan: QuantPlan::fp32(), storage: storage.clone() };
+            let run = crate::mixed::run_layer(&CpuBackend::new(), &layer, &v, &SolveOptions::default()).unwrap();
+            let r = layer_report(0, &p, &QuantPlan::fp32(), &storage, VInput::F32(&v), &run.g, &exact).unwrap();
+            assert_eq!((r.v.format.as_str(), r.g.format.as_str()), (name, name));
+            assert_eq!((r.v.bytes, r.g.bytes), (128 * 2, 128 * 4));
+            assert!((r.bits_per_value() - 16.0).abs() < 1e-12);
+            assert!(r.v.stats.rel_pct > 0.0 && r.g.stats.rel_pct > 0.0, "{name}");
+        }
+    }
+
+    #[test]
     fn unquantized_tensors_report_no_error_and_float_sizes() {
         let p = Problem::laplacian(64, Complex64::new(0.0, 1.0)).unwrap();
         let v = vec![0.25f32; 128];
         let g = CpuBackend::new().solve(&p, VInput::F32(&v), &GFormat::C64, &SolveOptions::default()).unwrap().g;
         let exact = reference::solve_batch_f32(&p, &v).unwrap();
-        let r = layer_report(0, &p, &QuantPlan::fp32(), VInput::F32(&v), &g, &exact).unwrap();
+        let r = layer_report(0, &p, &QuantPlan::fp32(), &Storage::default(), VInput::F32(&v), &g, &exact).unwrap();
         assert_eq!(r.v.stats.rel_pct, 0.0);
         assert_eq!((r.bytes(), r.compression()), (128 * 12, 1.0));
         assert!(r.g.stats.rel_l2 < 1e-6);
+        assert_eq!((r.h0_format.as_str(), r.h0_bytes), ("fp64", (3 * 64 - 2) * 8));
     }
 }

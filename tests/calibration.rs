@@ -7,6 +7,7 @@ mod common;
 
 use bk_infer::backend::{CpuBackend, SolveOptions, VInput};
 use bk_infer::plan::QuantPlan;
+use bk_infer::precision::Storage;
 use bk_infer::quant::calibrate::{CalibrationConfig, Calibrator, Method};
 use bk_infer::quant::{Bits, QuantSpec};
 use bk_infer::report::{layer_report, LayerReport};
@@ -34,7 +35,7 @@ fn calibrate(p: &Problem, w: &SeedWorkload, cfg: CalibrationConfig) -> QuantPlan
 fn held_out(p: &Problem, w: &SeedWorkload, plan: &QuantPlan) -> LayerReport {
     let exact = reference::solve_batch_f32(p, &w.test).unwrap();
     let run = ptq::run(&CpuBackend::new(), p, plan, &w.test, &SolveOptions::default()).unwrap();
-    layer_report(0, p, plan, VInput::F32(&w.test), &run.g, &exact).unwrap()
+    layer_report(0, p, plan, &Storage::default(), VInput::F32(&w.test), &run.g, &exact).unwrap()
 }
 
 fn err(p: &Problem, w: &SeedWorkload, cfg: CalibrationConfig) -> f64 {

@@ -30,7 +30,7 @@ fn write_npy(path: &Path, rows: usize, n: usize, seed: u64) {
 fn sweep_writes_a_csv_row_per_configuration_and_both_graphs() {
     let prefix = tmp("small");
     let text = run(bin().args(["sweep", "--n", "96", "--rows", "4", "--batches", "4", "--groups", "32,64", "--reps", "1", "--device", "cpu"]).arg("--output").arg(&prefix));
-    assert!(text.contains("fp16: skipped"), "{text}");
+    assert!(text.contains("| fp16") && text.contains("| bf16"), "{text}");
     let csv = std::fs::read_to_string(prefix.with_extension("csv")).unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -38,8 +38,8 @@ fn sweep_writes_a_csv_row_per_configuration_and_both_graphs() {
         assert!(header.contains(&col), "missing column {col}");
     }
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    // fp32 + INT8 (6 static + dynamic at 2 groups) + INT4 (2 groups × 7 methods).
-    assert_eq!(rows.len(), 1 + 6 + 2 + 14, "{csv}");
+    // fp32, fp16, bf16 + INT8 (6 static + dynamic at 2 groups) + INT4 (2 groups × 7 methods).
+    assert_eq!(rows.len(), 3 + 6 + 2 + 14, "{csv}");
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     for r in &rows {
         assert_eq!(r.len(), header.len());

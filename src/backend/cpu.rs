@@ -15,8 +15,11 @@ use crate::problem::{NanPolicy, Problem};
 use crate::quant::tensor::row_params;
 use crate::quant::{codec, AffineParams, Bits, QComplex, QTensor, QuantSpec};
 use crate::reference;
-use num_complex::{Complex32, Complex64};
+use half::{bf16, f16};
+use num_complex::{Complex, Complex32, Complex64};
 use rayon::prelude::*;
+
+mod vjp;
 
 /// Complex outputs at least this large are written with non-temporal stores.
 const STREAM_MIN_BYTES: usize = 8 << 20;
@@ -45,6 +48,23 @@ impl Backend for CpuBackend {
         format!("{}, {} threads, {simd}", cpu_model(), rayon::current_num_threads())
     }
 
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        // All threads copy their share of a buffer larger than the caches; median of a few runs.
+        let len = (bytes / 8).max(1 << 16);
+        let src: Vec<u64> = (0..len as u64).collect();
+        let mut dst = vec![0u64; len];
+        let chunk = len.div_ceil(rayon::current_num_threads());
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        std::hint::black_box(&dst);
+        Ok((2 * len * 8) as f64 / times[times.len() / 2])
+    }
+
     fn solve_into(&self, p: &Problem, v: VInput<'_>, out: &mut GOutput, opts: &SolveOptions) -> Result<SolveInfo> {
         let rows = check_call(p, &v, out)?;
         let mode = match opts.compute {
@@ -61,6 +81,10 @@ impl Backend for CpuBackend {
             9..=16 => ctx.run::<16>(out),
             _ => ctx.run::<32>(out),
         }
+    }
+
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: crate::grad::GradG<'_>, out: &mut crate::grad::Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        vjp::vjp_into(p, v, g_bar, out, opts)
     }
 }
 
@@ -131,6 +155,8 @@ fn q_chunks(q: &mut QTensor, tile_rows: usize) -> Vec<QChunk<'_>> {
 enum Chunk<'a> {
     C64(&'a mut [Complex32]),
     C128(&'a mut [Complex64]),
+    Cf16(&'a mut [Complex<f16>]),
+    Cbf16(&'a mut [Complex<bf16>]),
     Quant(QChunk<'a>, QChunk<'a>),
 }
 
@@ -185,6 +211,8 @@ impl Ctx<'_> {
         let chunks: Vec<Chunk<'_>> = match out {
             GOutput::C64(g) => g.chunks_mut(L * n).map(Chunk::C64).collect(),
             GOutput::C128(g) => g.chunks_mut(L * n).map(Chunk::C128).collect(),
+            GOutput::Cf16(g) => g.chunks_mut(L * n).map(Chunk::Cf16).collect(),
+            GOutput::Cbf16(g) => g.chunks_mut(L * n).map(Chunk::Cbf16).collect(),
             GOutput::Quant(q) => {
                 let QComplex { re, im } = q;
                 q_chunks(re, L).into_iter().zip(q_chunks(im, L)).map(|(a, b)| Chunk::Quant(a, b)).collect()
@@ -340,6 +368,30 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
         Ok((vmax, (0..self.live).filter(|&l| self.bad_out[l] != T::ZERO).collect()))
     }
 
+    /// Applies the NaN policy to a block holding a non-finite value (the rare path).
+    #[cold]
+    fn non_finite(&mut self, i0: usize, v: &mut [[T; L]]) {
+        match self.ctx.policy {
+            NanPolicy::Propagate => {}
+            NanPolicy::Zero => v.iter_mut().flat_map(|lane| lane.iter_mut()).for_each(|x| {
+                if !finite(*x) {
+                    *x = T::ZERO;
+                }
+            }),
+            NanPolicy::Error => {
+                for (ii, lane) in v.iter().enumerate() {
+                    if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
+                        let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
+                        // Report the earliest row, then the earliest position in it.
+                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
+                            self.first_bad = Some(here);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn fill_with(v: &mut [[T; L]], i0: usize, get: impl Fn(usize, usize) -> T) {
         for l in 0..L {
@@ -363,6 +415,8 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                 }
             }
             VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
+            VInput::F16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
+            VInput::Bf16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
             VInput::Quant(q) => {
                 let spec = *q.spec();
                 let g = spec.group_size;
@@ -384,36 +438,21 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                 }
             }
         }
-        // Finiteness and magnitude, vectorised over lanes.
+        // Finiteness, vectorised over lanes.
         let mut bad = [T::ZERO; L];
         for lane in v.iter() {
             for l in 0..L {
-                let x = lane[l];
-                bad[l] = bad[l] + (x - x);
-                let a = if x < T::ZERO { -x } else { x };
-                self.vmax[l] = if a > self.vmax[l] { a } else { self.vmax[l] };
+                bad[l] = bad[l] + (lane[l] - lane[l]);
             }
         }
-        if bad[..self.live].iter().all(|b| *b == T::ZERO) {
-            return;
+        if bad[..self.live].iter().any(|b| *b != T::ZERO) {
+            self.non_finite(i0, v);
         }
-        match self.ctx.policy {
-            NanPolicy::Propagate => {}
-            NanPolicy::Zero => v.iter_mut().flat_map(|lane| lane.iter_mut()).for_each(|x| {
-                if !finite(*x) {
-                    *x = T::ZERO;
-                }
-            }),
-            NanPolicy::Error => {
-                for (ii, lane) in v.iter().enumerate() {
-                    if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
-                        let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
-                        // Report the earliest row, then the earliest position in it.
-                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
-                            self.first_bad = Some(here);
-                        }
-                    }
-                }
+        // Magnitude, after the policy replaced what it replaces.
+        for lane in v.iter() {
+            for l in 0..L {
+                let a = if lane[l] < T::ZERO { -lane[l] } else { lane[l] };
+                self.vmax[l] = if a > self.vmax[l] { a } else { self.vmax[l] };
             }
         }
     }
@@ -430,7 +469,7 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                     }
                 }
             }
-            Chunk::Quant(..) => {} // quantized after the tile: dynamic groups need whole rows
+            Chunk::Quant(..) | Chunk::Cf16(_) | Chunk::Cbf16(_) => {} // stored after the tile (store_unfused)
         }
         for (r, m) in re.iter().zip(im) {
             for l in 0..L {
@@ -461,7 +500,21 @@ fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &m
                 super::transpose::store_fence();
             }
         }
+        // One rounding from the computed value (f32 or f64) to the storage type.
+        Chunk::Cf16(out) => store_rows(t, live, out, |x| f16::from_f64(x.to_f64())),
+        Chunk::Cbf16(out) => store_rows(t, live, out, |x| bf16::from_f64(x.to_f64())),
         Chunk::C128(_) => {}
+    }
+}
+
+/// Complex G of the first `live` lanes to rows, each part converted by `conv`.
+#[inline(always)]
+fn store_rows<T: Real, U, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut [Complex<U>], conv: impl Fn(T) -> U) {
+    let n = t.v.len();
+    for l in 0..live {
+        for i in 0..n {
+            out[l * n + i] = Complex::new(conv(t.g_re[i][l]), conv(t.g_im[i][l]));
+        }
     }
 }
 

@@ -9,15 +9,21 @@ mod lanes;
 mod transpose;
 
 use crate::error::{BkError, Result};
+use crate::grad::{DvFormat, GradG, Vjp};
 use crate::problem::{NanPolicy, Problem};
 use crate::quant::{ComplexQuant, QComplex, QTensor};
-use num_complex::{Complex32, Complex64};
+use half::{bf16, f16};
+use num_complex::{Complex, Complex32, Complex64};
 
 /// The potentials of one call: row-major (B, N).
 #[derive(Clone, Copy, Debug)]
 pub enum VInput<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
+    /// IEEE half precision, widened exactly in the load path.
+    F16(&'a [f16]),
+    /// bfloat16, widened exactly in the load path.
+    Bf16(&'a [bf16]),
     /// Codes and parameters; dequantized in the load path.
     Quant(&'a QTensor),
 }
@@ -27,6 +33,8 @@ impl VInput<'_> {
         match self {
             VInput::F32(x) => x.len(),
             VInput::F64(x) => x.len(),
+            VInput::F16(x) => x.len(),
+            VInput::Bf16(x) => x.len(),
             VInput::Quant(q) => q.rows() * q.n(),
         }
     }
@@ -38,6 +46,8 @@ impl VInput<'_> {
         match self {
             VInput::F32(x) => x.len() * 4,
             VInput::F64(x) => x.len() * 8,
+            VInput::F16(x) => x.len() * 2,
+            VInput::Bf16(x) => x.len() * 2,
             VInput::Quant(q) => q.stored_bytes(),
         }
     }
@@ -48,6 +58,11 @@ impl VInput<'_> {
 pub enum GFormat {
     C64,
     C128,
+    /// Real and imaginary parts in IEEE half precision, each rounded to nearest-even once from
+    /// the computed value (±∞ beyond ±65504).
+    Cf16,
+    /// Real and imaginary parts in bfloat16, each rounded to nearest-even once.
+    Cbf16,
     /// Re-quantized in the store path, real and imaginary parts separately.
     Quant(ComplexQuant),
 }
@@ -56,6 +71,8 @@ pub enum GFormat {
 pub enum GOutput {
     C64(Vec<Complex32>),
     C128(Vec<Complex64>),
+    Cf16(Vec<Complex<f16>>),
+    Cbf16(Vec<Complex<bf16>>),
     Quant(QComplex),
 }
 
@@ -65,6 +82,8 @@ impl GOutput {
         Ok(match fmt {
             GFormat::C64 => GOutput::C64(vec![Complex32::default(); rows * n]),
             GFormat::C128 => GOutput::C128(vec![Complex64::default(); rows * n]),
+            GFormat::Cf16 => GOutput::Cf16(vec![Complex::new(f16::ZERO, f16::ZERO); rows * n]),
+            GFormat::Cbf16 => GOutput::Cbf16(vec![Complex::new(bf16::ZERO, bf16::ZERO); rows * n]),
             GFormat::Quant(q) => {
                 q.validate("g", n)?;
                 GOutput::Quant(QComplex { re: QTensor::zeroed(&q.re, rows, n), im: QTensor::zeroed(&q.im, rows, n) })
@@ -77,6 +96,8 @@ impl GOutput {
         match self {
             GOutput::C64(_) => GFormat::C64,
             GOutput::C128(_) => GFormat::C128,
+            GOutput::Cf16(_) => GFormat::Cf16,
+            GOutput::Cbf16(_) => GFormat::Cbf16,
             GOutput::Quant(q) => GFormat::Quant(ComplexQuant { re: q.re.quant(), im: q.im.quant() }),
         }
     }
@@ -86,6 +107,8 @@ impl GOutput {
         match self {
             GOutput::C64(g) => g.len(),
             GOutput::C128(g) => g.len(),
+            GOutput::Cf16(g) => g.len(),
+            GOutput::Cbf16(g) => g.len(),
             GOutput::Quant(q) => q.rows() * q.n(),
         }
     }
@@ -98,6 +121,8 @@ impl GOutput {
         match self {
             GOutput::C64(g) => g.clone(),
             GOutput::C128(g) => g.iter().map(|c| Complex32::new(c.re as f32, c.im as f32)).collect(),
+            GOutput::Cf16(g) => g.iter().map(|c| Complex32::new(c.re.to_f32(), c.im.to_f32())).collect(),
+            GOutput::Cbf16(g) => g.iter().map(|c| Complex32::new(c.re.to_f32(), c.im.to_f32())).collect(),
             GOutput::Quant(q) => q.dequantize(),
         }
     }
@@ -112,6 +137,8 @@ impl GOutput {
         match self {
             GOutput::C64(g) => g.len() * 8,
             GOutput::C128(g) => g.len() * 16,
+            GOutput::Cf16(g) => g.len() * 4,
+            GOutput::Cbf16(g) => g.len() * 4,
             GOutput::Quant(q) => q.stored_bytes(),
         }
     }
@@ -184,10 +211,55 @@ pub trait Backend: Send + Sync {
 
     /// G for every row of `v`, in a new output of format `fmt`.
     fn solve(&self, p: &Problem, v: VInput<'_>, fmt: &GFormat, opts: &SolveOptions) -> Result<Solved> {
-        let rows = p.rows_of("v", v.len())?;
+        let rows = input_rows(p, &v)?;
         let mut g = GOutput::alloc(fmt, rows, p.n())?;
         let info = self.solve_into(p, v, &mut g, opts)?;
         Ok(Solved { g, rows: info.rows, rows_f64: info.rows_f64 })
+    }
+
+    /// Seconds per call of `reps` solves, cycling through `inputs` (several input sets, so that
+    /// repeated calls do not just measure a cache). The default times `solve_into` on the host
+    /// clock, which is exact for a synchronous backend; a device backend overrides it to keep
+    /// inputs and output resident on the device and time with device events.
+    fn time_solves(&self, p: &Problem, inputs: &[VInput<'_>], fmt: &GFormat, opts: &SolveOptions, reps: usize) -> Result<Vec<f64>> {
+        let first = inputs.first().ok_or_else(|| BkError::InvalidArgument("time_solves needs at least one input".into()))?;
+        let mut out = GOutput::alloc(fmt, input_rows(p, first)?, p.n())?;
+        // One untimed call per input set: first-touch page faults and lazy set-up stay out.
+        for v in inputs {
+            self.solve_into(p, *v, &mut out, opts)?;
+        }
+        (0..reps)
+            .map(|r| {
+                let t = std::time::Instant::now();
+                self.solve_into(p, inputs[r % inputs.len()], &mut out, opts)?;
+                Ok(t.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+
+    /// Copy bandwidth of the memory this backend computes from, in bytes per second counting
+    /// bytes read plus bytes written, measured on a buffer of `bytes` bytes (the ceiling a
+    /// memory-bound solve is compared with). Backends that cannot measure it say so.
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let _ = bytes;
+        Err(BkError::Unsupported { backend: self.name().into(), op: "measuring copy bandwidth".into() })
+    }
+
+    /// The backward pass: given the upstream gradient ḡ = ∂L/∂Re G + i ∂L/∂Im G of every element
+    /// of G(v), writes ∂L/∂v per element and ∂L/∂H0, ∂L/∂z summed over rows into `out` (see
+    /// [`crate::grad`] for the convention and the method). `v`, `opts` and the arithmetic are
+    /// those of [`Backend::solve_into`]. Backends without it return [`BkError::Unsupported`].
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        let _ = (p, v, g_bar, out, opts);
+        Err(BkError::Unsupported { backend: self.name().into(), op: "the backward pass (vjp)".into() })
+    }
+
+    /// [`Backend::vjp_into`] into a new output with ∂L/∂v in `fmt`.
+    fn vjp(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, fmt: DvFormat, opts: &SolveOptions) -> Result<Vjp> {
+        let rows = input_rows(p, &v)?;
+        let mut out = Vjp::alloc(fmt, rows, p.n());
+        self.vjp_into(p, v, g_bar, &mut out, opts)?;
+        Ok(out)
     }
 }
 
@@ -196,7 +268,7 @@ pub trait Backend: Send + Sync {
 /// (the CPU checks them while it loads tiles; see [`crate::problem::apply_nan_policy`]).
 pub(crate) fn check_call(p: &Problem, v: &VInput<'_>, out: &GOutput) -> Result<usize> {
     let n = p.n();
-    let rows = p.rows_of("v", v.len())?;
+    let rows = input_rows(p, v)?;
     if out.len() != rows * n {
         return Err(BkError::shape("g", format!("({rows}, {n}) output"), format!("{} values", out.len())));
     }
@@ -208,12 +280,17 @@ pub(crate) fn check_call(p: &Problem, v: &VInput<'_>, out: &GOutput) -> Result<u
             return Err(BkError::quant("g", "real and imaginary parts must share bits and group size"));
         }
     }
+    Ok(rows)
+}
+
+/// Rows of an input of this problem's N.
+pub(crate) fn input_rows(p: &Problem, v: &VInput<'_>) -> Result<usize> {
     if let VInput::Quant(q) = v {
-        if q.n() != n {
-            return Err(BkError::shape("v", format!("N = {n}"), format!("N = {}", q.n())));
+        if q.n() != p.n() {
+            return Err(BkError::shape("v", format!("N = {}", p.n()), format!("N = {}", q.n())));
         }
     }
-    Ok(rows)
+    p.rows_of("v", v.len())
 }
 
 /// Whether `Compute::Auto` starts in f64 for this problem.

@@ -15,6 +15,20 @@ pub mod tol {
     pub const F64: f64 = 1e-12;
     /// The oracle against the dense inverse, small N.
     pub const ORACLE_VS_DENSE: f64 = 1e-10;
+    /// CPU f32 lanes against a plain scalar f32 recursion near the axis (error ratio; the two
+    /// round differently, so a few percent either way is luck).
+    pub const F32_VS_PLAIN: f64 = 1.25;
+
+    /// Backward pass: the f64 recursions against the dense inverse (relative L2 over dv).
+    pub const VJP_VS_DENSE: f64 = 1e-10;
+    /// Backward pass: the f64 recursions against central finite differences (step 1e-5 of a
+    /// quantity of size ~1: truncation ~1e-10, cancellation ~1e-11).
+    pub const VJP_VS_FD: f64 = 1e-7;
+    /// Backward pass: a backend's f64 path against the f64 oracle.
+    pub const VJP_F64: f64 = 1e-12;
+    /// Backward pass: a backend's f32 path against the f64 oracle on the same f32 inputs,
+    /// |Im z| ≥ 0.1 (relative L2 over dv; the sums over rows likewise).
+    pub const VJP_F32: f64 = 3e-6;
 }
 
 /// Accuracy targets of calibration and quantization (issue 5), on the held-out batch, in the

@@ -12,9 +12,9 @@ pub struct Args {
     /// Calibration potentials: .npy of shape (samples, N), float32/float64/float16.
     #[arg(long, value_name = "CAL.npy")]
     pub input: PathBuf,
-    /// Precision of v and G.
-    #[arg(long, value_enum)]
-    pub precision: Precision,
+    /// Precision of v and G (not with --bits-budget or --policy, which choose per tensor).
+    #[arg(long, value_enum, required_unless_present_any = ["bits_budget", "policy"])]
+    pub precision: Option<Precision>,
     /// Override the precision of G (e.g. `fp32` to quantize only v).
     #[arg(long, value_enum)]
     pub output_precision: Option<Precision>,
@@ -31,7 +31,9 @@ pub struct Args {
     ///   output          output-aware: ranges that minimise the error of G itself, found by
     ///                   re-running the recursion on (a bounded sample of) the calibration
     ///                   data, cross-validated;
-    ///   dynamic         no calibrated scales: each row's groups get theirs at run time.
+    ///   dynamic         no calibrated scales: each row's groups get theirs at run time;
+    ///   qat             the default static method, then quantization-aware training of every
+    ///                   scale and zero point through the exact backward pass (--qat-steps).
     /// Default: output, the best static method on the seed's and the robustness workloads.
     #[arg(long, verbatim_doc_comment)]
     pub method: Option<String>,
@@ -42,15 +44,24 @@ pub struct Args {
     #[arg(long, short, value_name = "MODEL.safetensors")]
     pub output: PathBuf,
     #[command(flatten)]
+    pub qat: crate::qat::QatArgs,
+    #[command(flatten)]
+    pub mixed: crate::mixed::MixedArgs,
+    #[command(flatten)]
     pub problem: ProblemArgs,
     #[command(flatten)]
     pub exec: ExecArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.mixed.active() {
+        return crate::mixed::main(&a);
+    }
+    let precision = a.precision.ok_or_else(|| anyhow::anyhow!("--precision is required without --bits-budget or --policy"))?;
     let batch = bk_infer::io::read_potentials(&a.input)?;
     let p = a.problem.problem(batch.n)?;
-    let method = a.method.as_deref().map(parse_method).transpose()?.unwrap_or(Method::DEFAULT);
+    let qat = crate::qat::is_qat(a.method.as_deref());
+    let method = if qat { Method::DEFAULT } else { a.method.as_deref().map(parse_method).transpose()?.unwrap_or(Method::DEFAULT) };
     let spec = |prec: Precision, for_g: bool| -> Result<Option<QuantSpec>> {
         prec.bits()
             .map(|b| {
@@ -60,8 +71,8 @@ pub fn main(a: Args) -> Result<()> {
             .transpose()
     };
     let cfg = CalibrationConfig {
-        v: spec(a.precision, false)?,
-        g: spec(a.output_precision.unwrap_or(a.precision), true)?,
+        v: spec(precision, false)?,
+        g: spec(a.output_precision.unwrap_or(precision), true)?,
         method,
     };
     let backend = a.exec.backend()?;
@@ -71,7 +82,12 @@ pub fn main(a: Args) -> Result<()> {
     for chunk in v.chunks(rows_per * batch.n) {
         cal.collect(backend.as_ref(), chunk).with_context(|| format!("calibrating on {}", a.input.display()))?;
     }
-    let c = cal.end_on(backend.as_ref())?;
+    let mut c = cal.end_on(backend.as_ref())?;
+    if qat {
+        let r = crate::qat::run(backend.as_ref(), &p, &c.plan, &v, &a.qat.config(), &c.plan.label())?;
+        c.plan = r.plan;
+        c.method = format!("qat (from {}, {} steps)", c.method, a.qat.qat_steps);
+    }
     let meta = ModelMeta { calibration_method: c.method.clone(), calibration_samples: c.samples, ..ModelMeta::default() };
     let model = Model::single(p, c.plan.clone(), meta)?;
     model.save(&a.output)?;

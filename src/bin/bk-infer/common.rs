@@ -160,6 +160,7 @@ pub fn print_layer_report(r: &LayerReport) {
         r.bits_per_value(),
         r.bits_per_value_amortized()
     );
+    println!("  h0     {} ({} B, stored once in the model)", r.h0_format, r.h0_bytes);
 }
 
 /// Human-readable byte counts.

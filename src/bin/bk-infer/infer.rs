@@ -4,6 +4,7 @@ use crate::common::{duration, group_size_for, print_layer_report, ExecArgs, Prec
 use anyhow::{bail, Result};
 use bk_infer::model::Model;
 use bk_infer::plan::QuantPlan;
+use bk_infer::precision::{FloatFormat, Storage};
 use bk_infer::quant::{ComplexQuant, QuantSpec, TensorQuant};
 use bk_infer::backend::VInput;
 use bk_infer::quant::calibrate::Method;
@@ -47,7 +48,7 @@ pub struct Args {
 
 pub fn main(a: Args) -> Result<()> {
     let batch = bk_infer::io::read_potentials(&a.input)?;
-    let (p, mut plan) = match &a.model {
+    let (p, mut plan, storage) = match &a.model {
         Some(path) => {
             let model = Model::load(path)?;
             let layer = model.layer(a.layer)?;
@@ -61,9 +62,9 @@ pub fn main(a: Args) -> Result<()> {
                     batch.n
                 );
             }
-            (layer.problem.clone(), layer.plan.clone())
+            (layer.problem.clone(), layer.plan.clone(), layer.storage.clone())
         }
-        None => (a.problem.problem(batch.n)?, dynamic_plan(a.precision.unwrap_or(Precision::Fp32), a.group_size)?),
+        None => (a.problem.problem(batch.n)?, dynamic_plan(a.precision.unwrap_or(Precision::Fp32), a.group_size)?, Storage::default()),
     };
     if let Some(out) = a.output_precision {
         plan.g = match out.bits() {
@@ -75,6 +76,12 @@ pub fn main(a: Args) -> Result<()> {
     let opts = a.exec.options()?;
     let t = Instant::now();
     let (g, info, v_bytes, g_bytes) = match (&plan.v, batch.as_input()) {
+        // A layer stored in fp16/bf16 (or with fp16/bf16 G) runs as the model stores it.
+        _ if storage.v != FloatFormat::F32 || (plan.g.is_none() && storage.g != FloatFormat::F32) => {
+            let layer = bk_infer::model::Layer { problem: p.clone(), plan: plan.clone(), storage: storage.clone() };
+            let r = bk_infer::mixed::run_layer(backend.as_ref(), &layer, &batch.to_f32(), &opts)?;
+            (r.g, (r.info.rows, r.info.rows_f64), r.v_bytes, r.g_bytes)
+        }
         // Unquantized v keeps its stored precision (f64 inputs stay f64).
         (None, input) => {
             let s = backend.solve(&p, input, &ptq::g_format(&plan), &opts)?;
@@ -93,7 +100,7 @@ pub fn main(a: Args) -> Result<()> {
         batch.rows,
         batch.n,
         a.output.display(),
-        plan.label(),
+        bk_infer::precision::LayerPrecision::of(&plan, &storage),
         duration(elapsed),
         backend.name(),
         backend.device(),
@@ -102,9 +109,10 @@ pub fn main(a: Args) -> Result<()> {
     if a.stats {
         let exact = reference::solve_batch(&p, &batch.to_f64())?;
         let v32 = batch.to_f32();
-        // The report quantizes v itself when the plan does; an unquantized f64 input stays f64.
-        let input = if plan.v.is_some() { VInput::F32(&v32) } else { batch.as_input() };
-        let r = report::layer_report(a.layer, &p, &plan, input, &g, &exact)?;
+        // The report quantizes or rounds v itself as the layer stores it, from what the run
+        // started from (f32, or an unquantized f64 input kept in f64).
+        let input = if plan.v.is_some() || storage.v != FloatFormat::F32 { VInput::F32(&v32) } else { batch.as_input() };
+        let r = report::layer_report(a.layer, &p, &plan, &storage, input, &g, &exact)?;
         debug_assert_eq!(r.bytes(), v_bytes + g_bytes);
         print_layer_report(&r);
     }

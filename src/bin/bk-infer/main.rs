@@ -1,11 +1,14 @@
 //! `bk-infer`: the command-line front end. Library errors are typed; here they become anyhow
 //! errors with context and a non-zero exit.
 
+mod bench;
 mod calibrate;
 mod common;
 mod info;
 mod infer;
+mod mixed;
 mod plot;
+mod qat;
 mod run;
 mod sweep;
 
@@ -45,6 +48,8 @@ enum Cmd {
     Sweep(sweep::Args),
     /// Version, backends, compiled kernels and visible devices.
     Info(info::Args),
+    /// Benchmark: copy bandwidth, then shapes × formats with time, throughput and error.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -56,6 +61,7 @@ fn main() {
         Some(Cmd::Infer(a)) => infer::main(a),
         Some(Cmd::Sweep(a)) => sweep::main(a),
         Some(Cmd::Info(a)) => info::main(a),
+        Some(Cmd::Bench(a)) => bench::main(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

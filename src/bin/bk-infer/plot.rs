@@ -73,19 +73,23 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
-/// Line colours, one per method in the order the sweep runs them.
-fn colour(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
-        RGBColor(214, 39, 40),   // absmax
-        RGBColor(255, 127, 14),  // percentile
-        RGBColor(31, 119, 180),  // mse
-        RGBColor(148, 103, 189), // minmax
-        RGBColor(140, 86, 75),   // kl
-        RGBColor(44, 160, 44),   // output
-        RGBColor(23, 190, 207),  // dynamic
-        RGBColor(127, 127, 127),
-    ];
-    C[i % C.len()]
+/// Line colour of a series, by name, so that a method keeps its colour whatever else runs.
+fn colour(name: &str, i: usize) -> RGBColor {
+    match name.split(':').next().unwrap_or(name) {
+        "absmax" => RGBColor(214, 39, 40),
+        "percentile" => RGBColor(255, 127, 14),
+        "mse" => RGBColor(31, 119, 180),
+        "minmax" => RGBColor(148, 103, 189),
+        "kl" => RGBColor(140, 86, 75),
+        "output" => RGBColor(44, 160, 44),
+        "dynamic" => RGBColor(23, 190, 207),
+        "fp16" => RGBColor(127, 127, 127),
+        "bf16" => RGBColor(188, 189, 34),
+        _ => {
+            let (r, g, b) = Palette99::pick(i).to_rgba().rgb();
+            RGBColor(r, g, b)
+        }
+    }
 }
 
 fn draw<DB: DrawingBackend>(
@@ -127,7 +131,7 @@ fn draw<DB: DrawingBackend>(
         .draw()?;
 
     for (i, s) in series.iter().enumerate() {
-        let c = colour(i);
+        let c = colour(&s.name, i);
         for (k, line) in s.lines.iter().enumerate() {
             let pts: Vec<(f64, f64)> = line.iter().filter(|p| p.err_pct > 0.0).map(|p| (p.bits, p.err_pct)).collect();
             let drawn = chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;

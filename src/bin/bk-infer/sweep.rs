@@ -5,7 +5,11 @@
 use crate::common::{bytes, print_layer_report, ExecArgs, ProblemArgs};
 use crate::plot::{self, Point, Series};
 use anyhow::{bail, Context, Result};
-use bk_infer::backend::{Backend, SolveOptions, VInput};
+use bk_infer::backend::{Backend, GFormat, GOutput, SolveOptions, VInput};
+use bk_infer::mixed;
+use bk_infer::precision::{FloatFormat, Storage};
+use bk_infer::Layer;
+use half::{bf16, f16};
 use bk_infer::plan::QuantPlan;
 use bk_infer::quant::calibrate::{CalibrationConfig, Calibrator, Method};
 use bk_infer::quant::Bits;
@@ -68,9 +72,21 @@ pub struct Args {
 
 /// One configuration: storage precision, group size and calibration method.
 struct Config {
+    /// `fp32`, `fp16`, `bf16`, `int8` or `int4`.
     precision: &'static str,
     group: usize,
     method: Option<Method>,
+}
+
+impl Config {
+    /// Float storage of v and G when nothing is quantized.
+    fn float_format(&self) -> FloatFormat {
+        match self.precision {
+            "fp16" => FloatFormat::F16,
+            "bf16" => FloatFormat::Bf16,
+            _ => FloatFormat::F32,
+        }
+    }
 }
 
 impl Config {
@@ -105,9 +121,6 @@ pub fn main(a: Args) -> Result<()> {
     let exact = reference::solve_batch_f32(&p, &w.test)?;
 
     let configs = configs(&methods, &a.groups);
-    if fp16_plan().is_none() {
-        eprintln!("fp16: skipped (this build has no FP16 storage format; the sweep runs it once the library has one)");
-    }
     let bar = ProgressBar::new(configs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
@@ -159,15 +172,10 @@ pub fn main(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// FP16 storage of v and G, once the library has it; the sweep adds its row then.
-fn fp16_plan() -> Option<QuantPlan> {
-    None
-}
-
-/// FP32, then INT8 (static methods per position, dynamic per group size), then INT4 per group
-/// size (every method).
+/// FP32, FP16, BF16, then INT8 (static methods per position, dynamic per group size), then
+/// INT4 per group size (every method).
 fn configs(methods: &[Method], groups: &[usize]) -> Vec<Config> {
-    let mut out = vec![Config { precision: "fp32", group: 0, method: None }];
+    let mut out: Vec<Config> = ["fp32", "fp16", "bf16"].into_iter().map(|precision| Config { precision, group: 0, method: None }).collect();
     for &m in methods.iter().filter(|m| !m.is_dynamic()) {
         out.push(Config { precision: "int8", group: 1, method: Some(m) });
     }
@@ -204,10 +212,48 @@ fn run_config(
             cal.end_on(backend)?.plan
         }
     };
-    let run = ptq::run(backend, p, &plan, &w.test, opts)?;
-    let report = report::layer_report(0, p, &plan, VInput::F32(&w.test), &run.g, exact)?;
-    let seconds = ptq::evaluate(backend, p, &plan, &w.test, exact, opts, reps)?.seconds;
+    let fmt = cfg.float_format();
+    let storage = Storage { v: fmt, g: fmt, ..Storage::default() };
+    let layer = Layer { problem: p.clone(), plan: plan.clone(), storage: storage.clone() };
+    let run = mixed::run_layer(backend, &layer, &w.test, opts)?;
+    let report = report::layer_report(0, p, &plan, &storage, VInput::F32(&w.test), &run.g, exact)?;
+    let seconds = time_backend(backend, &layer, &w.test, opts, reps)?;
     Ok(Row { cfg, report, seconds })
+}
+
+/// Median seconds of one backend call on the layer's stored input (preparing the input, i.e.
+/// quantizing or rounding v, is not included).
+fn time_backend(backend: &dyn Backend, layer: &Layer, v: &[f32], opts: &SolveOptions, reps: usize) -> Result<f64> {
+    let (p, plan, st) = (&layer.problem, &layer.plan, &layer.storage);
+    let q = ptq::quantize_v(p, plan, v)?;
+    let (h16, hb16): (Vec<f16>, Vec<bf16>);
+    let input = match (&q, st.v) {
+        (Some(q), _) => VInput::Quant(q),
+        (None, FloatFormat::F32) => VInput::F32(v),
+        (None, FloatFormat::F16) => {
+            h16 = v.iter().map(|&x| f16::from_f32(x)).collect();
+            VInput::F16(&h16)
+        }
+        (None, FloatFormat::Bf16) => {
+            hb16 = v.iter().map(|&x| bf16::from_f32(x)).collect();
+            VInput::Bf16(&hb16)
+        }
+    };
+    let fmt = match (&plan.g, st.g) {
+        (Some(g), _) => GFormat::Quant(g.clone()),
+        (None, FloatFormat::F32) => GFormat::C64,
+        (None, FloatFormat::F16) => GFormat::Cf16,
+        (None, FloatFormat::Bf16) => GFormat::Cbf16,
+    };
+    let mut out = GOutput::alloc(&fmt, v.len() / p.n(), p.n())?;
+    let mut times = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        backend.solve_into(p, input, &mut out, opts)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn print_table(title: &str, rows: &[Row], backend: &dyn Backend) {
@@ -215,14 +261,14 @@ fn print_table(title: &str, rows: &[Row], backend: &dyn Backend) {
     println!("device: {}", backend.device());
     println!();
     println!(
-        "| {:<9} | {:>5} | {:<15} | {:>6} | {:>6} | {:>7} | {:>9} | {:>10} | {:>9} | {:>7} | {:>9} | {:>6} |",
+        "| {:<9} | {:>5} | {:<16} | {:>6} | {:>6} | {:>7} | {:>9} | {:>10} | {:>9} | {:>7} | {:>9} | {:>6} |",
         "precision", "group", "method", "bits v", "bits G", "bits", "v err %", "G err %", "MAE", "SNR dB", "bytes", "compr."
     );
     println!("|{}", "---|".repeat(12));
     for r in rows {
         let (v, g) = (&r.report.v, &r.report.g);
         println!(
-            "| {:<9} | {:>5} | {:<15} | {:>6.3} | {:>6.3} | {:>7.3} | {:>9.4} | {:>10.4} | {:>9.3e} | {:>7.1} | {:>9} | {:>5.2}x |",
+            "| {:<9} | {:>5} | {:<16} | {:>6.3} | {:>6.3} | {:>7.3} | {:>9.4} | {:>10.4} | {:>9.3e} | {:>7.1} | {:>9} | {:>5.2}x |",
             r.cfg.precision,
             r.cfg.group,
             r.cfg.method_name(),
@@ -296,8 +342,8 @@ fn to_csv(a: &Args, p: &Problem, rows: &[Row]) -> String {
 fn graph_data(rows: &[Row], per_call: bool) -> (Vec<Series>, Vec<(Point, String)>, String) {
     let bits = |r: &LayerReport| if per_call { r.bits_per_value() } else { r.bits_per_value_amortized() };
     let mut series: Vec<Series> = Vec::new();
-    for r in rows.iter().filter(|r| r.cfg.method.is_some()) {
-        let name = r.cfg.method_name();
+    for r in rows.iter().filter(|r| r.cfg.precision != "fp32") {
+        let name = if r.cfg.method.is_some() { r.cfg.method_name() } else { r.cfg.precision.to_string() };
         let pt = Point { bits: bits(&r.report), err_pct: r.report.g.stats.rel_pct };
         let line = usize::from(r.cfg.precision == "int8");
         let s = match series.iter_mut().position(|s| s.name == name) {

@@ -1,0 +1,240 @@
+//! Storage precisions per tensor: floating point (fp64, fp32, fp16, bf16) or integer codes
+//! (int8 / int4 in groups along the sequence), for v, H0 and G of each layer.
+//!
+//! The integer formats of v and G, with their calibrated parameters, live in the layer's
+//! [`QuantPlan`]; what a plan leaves in floating point, and how H0 is stored, is a layer's
+//! [`Storage`]. H0 is a weight: its integer parameters come from its own values (exactly known,
+//! no calibration data needed), and the layer's [`Problem`] holds the values it decodes to, so
+//! every backend computes with what the model file stores.
+
+use crate::error::{BkError, Result};
+use crate::plan::QuantPlan;
+use crate::problem::{Problem, H0};
+use crate::quant::calibrate::{params_from_observer, Method};
+use crate::quant::observer::Observer;
+use crate::quant::{AffineParams, Bits, QTensor, QuantSpec, TensorQuant};
+use half::{bf16, f16};
+use std::fmt;
+
+/// One tensor's storage precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp64,
+    Fp32,
+    Fp16,
+    Bf16,
+    /// Integer codes in groups of `group` positions (1 = per position).
+    Int { bits: Bits, group: usize },
+}
+
+impl Precision {
+    pub const fn int8(group: usize) -> Self {
+        Precision::Int { bits: Bits::Int8, group }
+    }
+    pub const fn int4(group: usize) -> Self {
+        Precision::Int { bits: Bits::Int4, group }
+    }
+
+    /// e.g. `fp16`, `int8`, `int8-g128`, `int4-g128`.
+    pub fn label(&self) -> String {
+        match self {
+            Precision::Fp64 => "fp64".into(),
+            Precision::Fp32 => "fp32".into(),
+            Precision::Fp16 => "fp16".into(),
+            Precision::Bf16 => "bf16".into(),
+            Precision::Int { bits, group } => {
+                let b = if *bits == Bits::Int8 { "int8" } else { "int4" };
+                if *group == 1 {
+                    b.into()
+                } else {
+                    format!("{b}-g{group}")
+                }
+            }
+        }
+    }
+
+    /// Bits of one element's code (scales and zero points not included).
+    pub fn code_bits(&self) -> u32 {
+        match self {
+            Precision::Fp64 => 64,
+            Precision::Fp32 => 32,
+            Precision::Fp16 | Precision::Bf16 => 16,
+            Precision::Int { bits, .. } => bits.bits(),
+        }
+    }
+
+    /// Parses `fp64`, `fp32`, `fp16`, `bf16`, `int8[-gN]`, `int4[-gN]`. A bare `int8` is per
+    /// position and a bare `int4` groups of `int4_default_group`.
+    pub fn parse(s: &str, int4_default_group: usize) -> Result<Self> {
+        let bad = || BkError::InvalidArgument(format!("precision `{s}`: expected fp64, fp32, fp16, bf16, int8[-gN] or int4[-gN]"));
+        let (base, group) = match s.split_once("-g") {
+            Some((b, g)) => (b, Some(g.parse::<usize>().ok().filter(|&g| g >= 1).ok_or_else(bad)?)),
+            None => (s, None),
+        };
+        Ok(match (base, group) {
+            ("fp64", None) => Precision::Fp64,
+            ("fp32", None) => Precision::Fp32,
+            ("fp16", None) => Precision::Fp16,
+            ("bf16", None) => Precision::Bf16,
+            ("int8", g) => Precision::int8(g.unwrap_or(1)),
+            ("int4", g) => Precision::int4(g.unwrap_or(int4_default_group)),
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Floating-point storage of v or G where the plan does not quantize them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FloatFormat {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatFormat {
+    pub fn precision(self) -> Precision {
+        match self {
+            FloatFormat::F32 => Precision::Fp32,
+            FloatFormat::F16 => Precision::Fp16,
+            FloatFormat::Bf16 => Precision::Bf16,
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            FloatFormat::F32 => 4,
+            FloatFormat::F16 | FloatFormat::Bf16 => 2,
+        }
+    }
+}
+
+/// How H0 is stored. The three parts (diag [N], super and sub [N − 1]) share the format; integer
+/// parts carry their own parameters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum H0Storage {
+    #[default]
+    F64,
+    F32,
+    F16,
+    Bf16,
+    Quant { diag: TensorQuant, sup: TensorQuant, sub: TensorQuant },
+}
+
+impl H0Storage {
+    pub fn precision(&self) -> Precision {
+        match self {
+            H0Storage::F64 => Precision::Fp64,
+            H0Storage::F32 => Precision::Fp32,
+            H0Storage::F16 => Precision::Fp16,
+            H0Storage::Bf16 => Precision::Bf16,
+            H0Storage::Quant { diag, .. } => Precision::Int { bits: diag.spec.bits, group: diag.spec.group_size },
+        }
+    }
+
+    /// Exact bytes stored for an H0 of length `n`.
+    pub fn stored_bytes(&self, n: usize) -> usize {
+        let elems = 3 * n - 2;
+        match self {
+            H0Storage::F64 => elems * 8,
+            H0Storage::F32 => elems * 4,
+            H0Storage::F16 | H0Storage::Bf16 => elems * 2,
+            H0Storage::Quant { diag, sup, sub } => {
+                diag.spec.stored_bytes(1, n) + sup.spec.stored_bytes(1, n - 1) + sub.spec.stored_bytes(1, n - 1)
+            }
+        }
+    }
+
+    /// Encodes `h0` in `prec`: the storage, and the H0 it decodes to. Integer formats are
+    /// asymmetric with parameters from each group's own values (clip search minimising the
+    /// squared error, `Method::Mse`).
+    pub fn encode(h0: &H0, prec: Precision) -> Result<(H0Storage, H0)> {
+        let round = |f: fn(f64) -> f64| H0 {
+            diag: h0.diag.iter().map(|&x| f(x)).collect(),
+            sup: h0.sup.iter().map(|&x| f(x)).collect(),
+            sub: h0.sub.iter().map(|&x| f(x)).collect(),
+        };
+        Ok(match prec {
+            Precision::Fp64 => (H0Storage::F64, h0.clone()),
+            Precision::Fp32 => (H0Storage::F32, round(|x| x as f32 as f64)),
+            Precision::Fp16 => (H0Storage::F16, round(|x| f16::from_f64(x).to_f64())),
+            Precision::Bf16 => (H0Storage::Bf16, round(|x| bf16::from_f64(x).to_f64())),
+            Precision::Int { bits, group } => {
+                let spec = QuantSpec { bits, group_size: group, symmetric: false, dynamic: false };
+                spec.validate("h0")?;
+                let part = |name: &str, x: &[f64]| -> Result<(TensorQuant, Vec<f64>)> {
+                    if x.is_empty() {
+                        // N = 1 has no off-diagonals: no groups, no parameters.
+                        return Ok((TensorQuant::new_static(spec, AffineParams { scale: vec![], zero: Some(vec![]) }), vec![]));
+                    }
+                    let xs: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                    let mut obs = Observer::new(xs.len(), group);
+                    obs.observe(&xs);
+                    let tq = TensorQuant::new_static(spec, params_from_observer(Method::Mse, &spec, &obs));
+                    let back = QTensor::quantize(name, &tq, &xs, 1, xs.len())?.dequantize();
+                    Ok((tq, back.into_iter().map(f64::from).collect()))
+                };
+                let (dq, d) = part("h0_diag", &h0.diag)?;
+                let (pq, p) = part("h0_super", &h0.sup)?;
+                let (bq, b) = part("h0_sub", &h0.sub)?;
+                (H0Storage::Quant { diag: dq, sup: pq, sub: bq }, H0 { diag: d, sup: p, sub: b })
+            }
+        })
+    }
+}
+
+/// How a layer stores what its quantization plan leaves in floating point, and its H0.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Storage {
+    /// v when `plan.v` is `None`.
+    pub v: FloatFormat,
+    /// G when `plan.g` is `None`.
+    pub g: FloatFormat,
+    pub h0: H0Storage,
+}
+
+/// The precision of each tensor of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerPrecision {
+    pub v: Precision,
+    pub h0: Precision,
+    pub g: Precision,
+}
+
+impl LayerPrecision {
+    pub fn of(plan: &QuantPlan, storage: &Storage) -> Self {
+        let int = |t: &TensorQuant| Precision::Int { bits: t.spec.bits, group: t.spec.group_size };
+        LayerPrecision {
+            v: plan.v.as_ref().map_or(storage.v.precision(), int),
+            h0: storage.h0.precision(),
+            g: plan.g.as_ref().map_or(storage.g.precision(), |g| int(&g.re)),
+        }
+    }
+}
+
+impl fmt::Display for LayerPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v={} h0={} g={}", self.v, self.h0, self.g)
+    }
+}
+
+/// The float format of v or G for a precision (`None` for integer formats, which the plan holds).
+pub fn float_format(prec: Precision, tensor: &str) -> Result<Option<FloatFormat>> {
+    match prec {
+        Precision::Fp32 => Ok(Some(FloatFormat::F32)),
+        Precision::Fp16 => Ok(Some(FloatFormat::F16)),
+        Precision::Bf16 => Ok(Some(FloatFormat::Bf16)),
+        Precision::Fp64 => Err(BkError::InvalidArgument(format!("{tensor}: fp64 storage is offered for H0 only"))),
+        Precision::Int { .. } => Ok(None),
+    }
+}
+
+/// A problem whose H0 is what `storage` decodes to (z unchanged).
+pub fn problem_with_h0(p: &Problem, h0: H0) -> Result<Problem> {
+    Problem::new(h0, p.z())
+}
