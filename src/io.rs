@@ -70,8 +70,7 @@ pub fn read_potentials_bytes(bytes: &[u8], path: &Path) -> Result<Batch> {
     let descr = npy.dtype().descr().trim_matches('\'').to_string();
     let expected = rows * n;
     let truncated = |e: std::io::Error| file_err(path, format!("cannot read {expected} values of {descr}: {e} (truncated file?)"));
-    // npyz writes the descriptor as a Python literal, quotes included (`'<f4'`).
-    let data = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+    let data = match descr.trim_start_matches(['<', '|', '=']) {
         "f4" => Potentials::F32(npy.into_vec::<f32>().map_err(truncated)?),
         "f8" => Potentials::F64(npy.into_vec::<f64>().map_err(truncated)?),
         "f2" => Potentials::F32(npy.into_vec::<half::f16>().map_err(truncated)?.into_iter().map(f32::from).collect()),
