@@ -32,6 +32,7 @@ pub mod qat;
 pub mod ptq;
 pub mod quant;
 pub mod reference;
+pub mod report;
 pub mod stats;
 pub mod workload;
 

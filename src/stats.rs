@@ -49,6 +49,30 @@ impl ErrorStats {
         }
     }
 
+    /// Compares real tensors element by element (`count` = number of values).
+    pub fn compare_real(approx: &[f64], reference: &[f64]) -> ErrorStats {
+        assert_eq!(approx.len(), reference.len(), "ErrorStats::compare_real: length mismatch");
+        let (mut sad, mut sa, mut sse, mut ss, mut max) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for (&x, &y) in approx.iter().zip(reference) {
+            let d = x - y;
+            sad += d.abs();
+            sa += y.abs();
+            sse += d * d;
+            ss += y * y;
+            max = if d.abs() > max || d.is_nan() { d.abs() } else { max };
+        }
+        let c = approx.len().max(1) as f64;
+        ErrorStats {
+            mae: sad / c,
+            mse: sse / c,
+            snr_db: 10.0 * (ss / sse).log10(),
+            max_abs: max,
+            rel_pct: 100.0 * sad / sa,
+            rel_l2: (sse / ss).sqrt(),
+            count: approx.len(),
+        }
+    }
+
     pub fn compare_c32(approx: &[num_complex::Complex32], reference: &[Complex64]) -> ErrorStats {
         let wide: Vec<Complex64> = approx.iter().map(|c| Complex64::new(c.re as f64, c.im as f64)).collect();
         Self::compare(&wide, reference)
@@ -82,6 +106,20 @@ mod tests {
         assert!((s.rel_pct - 100.0 * 0.2 / 8.0).abs() < 1e-12);
         assert!((s.max_abs - 0.1).abs() < 1e-12);
         assert_eq!(s.count, 4);
+    }
+
+    #[test]
+    fn real_comparison_matches_the_complex_one_on_real_data() {
+        let r = [1.0, -2.0, 4.0];
+        let a = [1.5, -2.0, 3.0];
+        let s = ErrorStats::compare_real(&a, &r);
+        let c = ErrorStats::compare(
+            &a.map(|x| Complex64::new(x, 0.0)),
+            &r.map(|x| Complex64::new(x, 0.0)),
+        );
+        assert!((s.rel_pct - 100.0 * 1.5 / 7.0).abs() < 1e-12);
+        assert!((s.rel_pct - c.rel_pct).abs() < 1e-12 && (s.rel_l2 - c.rel_l2).abs() < 1e-12);
+        assert_eq!(s.count, 3);
     }
 
     #[test]

@@ -72,7 +72,8 @@ fn calibrate_then_infer_matches_the_library() {
 
     let g_path = d.join("g.npy");
     let out = ok(&["infer", "--input", s(&d.join("v.npy")), "--model", s(&model), "--output", s(&g_path), "--stats", "--device", "cpu"]);
-    assert!(out.contains("error vs f64 oracle") && out.contains("stored:"), "{out}");
+    // --stats prints the per-tensor report (v: its round trip; G: against the f64 oracle).
+    assert!(out.contains("(vs f64 oracle)") && out.contains("(round trip vs v)") && out.contains("stored"), "{out}");
     let (r, c, g) = io::read_complex64(&g_path).unwrap();
     assert_eq!((r, c), (5, n));
     let layer = &m.layers[0];

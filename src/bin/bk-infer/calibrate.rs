@@ -1,6 +1,6 @@
 //! `bk-infer calibrate`: scales from calibration potentials, written to a model file.
 
-use crate::common::{group_size, parse_method, ExecArgs, Precision, ProblemArgs};
+use crate::common::{group_size_for, parse_method, ExecArgs, Precision, ProblemArgs};
 use anyhow::{Context, Result};
 use bk_infer::model::{Model, ModelMeta};
 use bk_infer::quant::calibrate::{CalibrationConfig, Calibrator, Method};
@@ -18,14 +18,24 @@ pub struct Args {
     /// Override the precision of G (e.g. `fp32` to quantize only v).
     #[arg(long, value_enum)]
     pub output_precision: Option<Precision>,
-    /// Positions per quantization group along the sequence (default: 1, per position, for INT8;
-    /// 128 for INT4).
+    /// Positions per quantization group along the sequence (default: 32 for `--method dynamic`;
+    /// otherwise 1, per position, for INT8 and 128 for INT4).
     #[arg(long)]
     pub group_size: Option<usize>,
-    /// absmax (the seed's), percentile[:P] (default P = 99.99) or mse (clip search).
-    /// Default: the best static method. `qat`: the best static method, then quantization-aware
-    /// training of every scale and zero point through the exact backward pass (see --qat-steps).
-    #[arg(long)]
+    /// How scales are chosen:
+    ///   absmax          the seed's: symmetric, max |x| over the calibration data;
+    ///   percentile[:P]  clip both tails at percentile P (default 99.99);
+    ///   mse             clip range minimising the quantization MSE of each unit's histogram;
+    ///   minmax          the exact observed range, with a zero point;
+    ///   kl              entropy calibration (TensorRT-style KL divergence);
+    ///   output          output-aware: ranges that minimise the error of G itself, found by
+    ///                   re-running the recursion on (a bounded sample of) the calibration
+    ///                   data, cross-validated;
+    ///   dynamic         no calibrated scales: each row's groups get theirs at run time;
+    ///   qat             the default static method, then quantization-aware training of every
+    ///                   scale and zero point through the exact backward pass (--qat-steps).
+    /// Default: output, the best static method on the seed's and the robustness workloads.
+    #[arg(long, verbatim_doc_comment)]
     pub method: Option<String>,
     /// Rows fed to the observers per calibration batch.
     #[arg(long, default_value_t = 8)]
@@ -55,7 +65,7 @@ pub fn main(a: Args) -> Result<()> {
     let spec = |prec: Precision, for_g: bool| -> Result<Option<QuantSpec>> {
         prec.bits()
             .map(|b| {
-                let g = group_size(b, a.group_size)?;
+                let g = group_size_for(b, method.is_dynamic(), a.group_size)?;
                 Ok(if for_g { QuantSpec::for_g(b, g) } else { QuantSpec::for_v(b, g) })
             })
             .transpose()
@@ -72,7 +82,7 @@ pub fn main(a: Args) -> Result<()> {
     for chunk in v.chunks(rows_per * batch.n) {
         cal.collect(backend.as_ref(), chunk).with_context(|| format!("calibrating on {}", a.input.display()))?;
     }
-    let mut c = cal.end()?;
+    let mut c = cal.end_on(backend.as_ref())?;
     if qat {
         let r = crate::qat::run(backend.as_ref(), &p, &c.plan, &v, &a.qat.config(), &c.plan.label())?;
         c.plan = r.plan;

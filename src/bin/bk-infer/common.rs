@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use bk_infer::backend::{self, Backend, Compute, SolveOptions};
 use bk_infer::quant::calibrate::Method;
 use bk_infer::quant::Bits;
+use bk_infer::report::LayerReport;
 use bk_infer::{NanPolicy, Problem, H0};
 use clap::{Args, ValueEnum};
 use num_complex::Complex64;
@@ -108,11 +109,13 @@ impl Precision {
     }
 }
 
-/// The group size to use: the user's, else 1 (per channel) for INT8 and 128 for INT4.
-pub fn group_size(bits: Bits, user: Option<usize>) -> Result<usize> {
-    let g = user.unwrap_or(match bits {
-        Bits::Int8 => 1,
-        Bits::Int4 => 128,
+/// The group size to use: the user's, else [`Method::DYNAMIC_GROUP`] for dynamic quantization,
+/// 1 (per channel) for static INT8 and 128 for static INT4.
+pub fn group_size_for(bits: Bits, dynamic: bool, user: Option<usize>) -> Result<usize> {
+    let g = user.unwrap_or(match (dynamic, bits) {
+        (true, _) => Method::DYNAMIC_GROUP,
+        (false, Bits::Int8) => 1,
+        (false, Bits::Int4) => 128,
     });
     if g == 0 {
         bail!("--group-size must be at least 1");
@@ -122,6 +125,42 @@ pub fn group_size(bits: Bits, user: Option<usize>) -> Result<usize> {
 
 pub fn parse_method(s: &str) -> Result<Method> {
     Ok(s.parse::<Method>()?)
+}
+
+/// Prints a layer's per-tensor error statistics and stored sizes.
+pub fn print_layer_report(r: &LayerReport) {
+    println!("layer {}:", r.layer);
+    println!(
+        "  {:<6} {:<14} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>9} {:>7} {:>7}",
+        "tensor", "format", "rel err %", "rel-L2", "MAE", "SNR dB", "max abs", "bytes", "static B", "bits", "compr."
+    );
+    for (t, what) in [(&r.v, "(round trip vs v)"), (&r.g, "(vs f64 oracle)")] {
+        println!(
+            "  {:<6} {:<14} {:>10.4} {:>10.3e} {:>10.3e} {:>8.1} {:>10.3e} {:>10} {:>9} {:>7.3} {:>6.2}x  {what}",
+            t.tensor,
+            t.format,
+            t.stats.rel_pct,
+            t.stats.rel_l2,
+            t.stats.mae,
+            t.stats.snr_db,
+            t.stats.max_abs,
+            t.bytes,
+            t.static_param_bytes,
+            t.bits_per_value(),
+            t.compression()
+        );
+    }
+    println!(
+        "  total  {} stored ({} B, of which {} B static parameters); {:.2}x smaller than f32 v + complex64 G; \
+         {:.3} bits per value ({:.3} with static parameters amortized)",
+        bytes(r.bytes()),
+        r.bytes(),
+        r.v.static_param_bytes + r.g.static_param_bytes,
+        r.compression(),
+        r.bits_per_value(),
+        r.bits_per_value_amortized()
+    );
+    println!("  h0     {} ({} B, stored once in the model)", r.h0_format, r.h0_bytes);
 }
 
 /// Human-readable byte counts.

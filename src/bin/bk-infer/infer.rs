@@ -1,13 +1,14 @@
 //! `bk-infer infer`: G for potentials from a .npy file.
 
-use crate::common::{bytes, duration, group_size, ExecArgs, Precision, ProblemArgs};
+use crate::common::{duration, group_size_for, print_layer_report, ExecArgs, Precision, ProblemArgs};
 use anyhow::{bail, Result};
 use bk_infer::model::Model;
 use bk_infer::plan::QuantPlan;
 use bk_infer::precision::{FloatFormat, Storage};
 use bk_infer::quant::{ComplexQuant, QuantSpec, TensorQuant};
-use bk_infer::stats::ErrorStats;
-use bk_infer::{ptq, reference};
+use bk_infer::backend::VInput;
+use bk_infer::quant::calibrate::Method;
+use bk_infer::{ptq, reference, report};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,19 +23,21 @@ pub struct Args {
     /// Layer of the model to run.
     #[arg(long, default_value_t = 0, requires = "model")]
     pub layer: usize,
-    /// Without a model: fp32, or int8/int4 with scales computed per row at run time (dynamic).
+    /// Without a model: fp32, or int8/int4 with scales and zero points computed per row and
+    /// group at run time (dynamic, from each group's min and max).
     #[arg(long, value_enum, conflicts_with = "model")]
     pub precision: Option<Precision>,
     /// Override the precision of G (`fp32` keeps G unquantized).
     #[arg(long, value_enum)]
     pub output_precision: Option<Precision>,
-    /// Group size for dynamic quantization without a model (default 1 for INT8, 128 for INT4).
+    /// Group size for dynamic quantization without a model (default 32).
     #[arg(long, conflicts_with = "model")]
     pub group_size: Option<usize>,
     /// G as complex64 .npy of shape (B, N) (dequantized when G is quantized).
     #[arg(long, short, value_name = "G.npy")]
     pub output: PathBuf,
-    /// Print error statistics against the f64 oracle on the unquantized input, and sizes.
+    /// Print error statistics per tensor (v: its round trip; G: against the f64 oracle on the
+    /// unquantized input) and exact stored sizes.
     #[arg(long)]
     pub stats: bool,
     #[command(flatten)]
@@ -105,27 +108,24 @@ pub fn main(a: Args) -> Result<()> {
     );
     if a.stats {
         let exact = reference::solve_batch(&p, &batch.to_f64())?;
-        let s = ErrorStats::compare(&g.to_c128(), &exact);
-        let elems = batch.rows * batch.n;
-        println!("error vs f64 oracle: {s}");
-        println!(
-            "stored: v {} + G {} = {} ({:.2}x smaller than f32 v + complex64 G)",
-            bytes(v_bytes),
-            bytes(g_bytes),
-            bytes(v_bytes + g_bytes),
-            (elems * 12) as f64 / (v_bytes + g_bytes) as f64
-        );
+        let v32 = batch.to_f32();
+        // The report quantizes or rounds v itself as the layer stores it, from what the run
+        // started from (f32, or an unquantized f64 input kept in f64).
+        let input = if plan.v.is_some() || storage.v != FloatFormat::F32 { VInput::F32(&v32) } else { batch.as_input() };
+        let r = report::layer_report(a.layer, &p, &plan, &storage, input, &g, &exact)?;
+        debug_assert_eq!(r.bytes(), v_bytes + g_bytes);
+        print_layer_report(&r);
     }
     Ok(())
 }
 
-/// A plan without calibration: fp32, or dynamic (per-row) scales.
+/// A plan without calibration: fp32, or dynamic (per row and group) scales and zero points.
 fn dynamic_plan(prec: Precision, group: Option<usize>) -> Result<QuantPlan> {
     let Some(bits) = prec.bits() else {
         return Ok(QuantPlan::fp32());
     };
-    let g = group_size(bits, group)?;
-    let v = TensorQuant::dynamic(QuantSpec::for_v(bits, g));
-    let gq = TensorQuant::dynamic(QuantSpec::for_g(bits, g));
+    let g = group_size_for(bits, true, group)?;
+    let v = TensorQuant::dynamic(Method::Dynamic.adjust(QuantSpec::for_v(bits, g)));
+    let gq = TensorQuant::dynamic(Method::Dynamic.adjust(QuantSpec::for_g(bits, g)));
     Ok(QuantPlan { v: Some(v), g: Some(ComplexQuant { re: gq.clone(), im: gq }) })
 }

@@ -7,8 +7,10 @@ mod common;
 mod info;
 mod infer;
 mod mixed;
+mod plot;
 mod qat;
 mod run;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,7 @@ Typical flow:
   bk-infer                                          # the embedded demo (same as `bk-infer run`)
   bk-infer calibrate --input cal.npy --precision int4 --output m.safetensors
   bk-infer infer --input v.npy --model m.safetensors --output g.npy --stats
+  bk-infer sweep --workload seed --output sweep      # every precision × method: CSV + graph
   bk-infer info                                     # backends, kernels, devices";
 
 #[derive(Parser)]
@@ -40,6 +43,9 @@ enum Cmd {
     Calibrate(calibrate::Args),
     /// Compute G for potentials from a .npy file, in fp32 or with a model's quantization.
     Infer(infer::Args),
+    /// Every precision × calibration method on a workload: table, CSV and robustness graph
+    /// (relative error against bits per value, SVG and PNG).
+    Sweep(sweep::Args),
     /// Version, backends, compiled kernels and visible devices.
     Info(info::Args),
     /// Benchmark: copy bandwidth, then shapes × formats with time, throughput and error.
@@ -53,6 +59,7 @@ fn main() {
         Some(Cmd::Run(a)) => run::main(a),
         Some(Cmd::Calibrate(a)) => calibrate::main(a),
         Some(Cmd::Infer(a)) => infer::main(a),
+        Some(Cmd::Sweep(a)) => sweep::main(a),
         Some(Cmd::Info(a)) => info::main(a),
         Some(Cmd::Bench(a)) => bench::main(a),
     };
