@@ -138,6 +138,7 @@ fn emulate_with(
         VInput::F32(x) => (FMT_F32, a.put(bytemuck::cast_slice(x)), BkQTensor::default()),
         VInput::F64(x) => (FMT_F64, a.put(bytemuck::cast_slice(x)), BkQTensor::default()),
         VInput::Quant(q) => (qdesc(q.spec(), n, 0, 0, 0).format, 0, put_q(&mut a, q, false).0),
+        VInput::F16(_) | VInput::Bf16(_) => panic!("f16/bf16 are widened on the host; the kernels never see them"),
     };
     let dynamic_out = matches!(out, GOutput::Quant(q) if q.re.spec().dynamic || q.im.spec().dynamic);
     let geom = Geometry::new(n, f64c, dynamic_out);
@@ -147,6 +148,7 @@ fn emulate_with(
         GOutput::C64(_) => (FMT_C64, a.filled(rows * n * 8, 0xff), None, None),
         GOutput::C128(_) => (FMT_C128, a.filled(rows * n * 16, 0xff), None, None),
         GOutput::Quant(q) => (qdesc(q.re.spec(), n, 0, 0, 0).format, 0, Some(put_q(&mut a, &q.re, true)), Some(put_q(&mut a, &q.im, true))),
+        GOutput::Cf16(_) | GOutput::Cbf16(_) => panic!("f16/bf16 outputs are rounded on the host; the kernels never write them"),
     };
     let status = a.filled(rows * 4, 0xff);
     let row_index = rows_to_do.map_or(0, |r| a.put(bytemuck::cast_slice(r)));
@@ -193,6 +195,7 @@ fn emulate_with(
 
     let status: Vec<u32> = pods(a.get(status, rows * 4));
     let g = match out {
+        GOutput::Cf16(_) | GOutput::Cbf16(_) => unreachable!("rejected above"),
         GOutput::C64(_) => GOutput::C64(pods::<Complex32>(a.get(g, rows * n * 8))),
         GOutput::C128(_) => GOutput::C128(pods::<Complex64>(a.get(g, rows * n * 16))),
         GOutput::Quant(q) => {
