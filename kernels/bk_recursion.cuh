@@ -217,36 +217,38 @@ __device__ __forceinline__ V2<T> block_scan(const M2<T> &x, V2<T> &carry, ScanSm
 
 /* ---- load policies: potentials of one row, dequantized in the load path ---------------------- */
 
-struct LoadF32 {
-    static constexpr uint32_t FMT = BK_FMT_F32;
-    template <class T> __device__ static __forceinline__ T at(const bk_solve_params_t &p, size_t row, uint32_t i)
-    {
-        return (T)__ldg((const float *)p.v + row * p.n + i);
-    }
-};
-
-struct LoadF64 {
-    static constexpr uint32_t FMT = BK_FMT_F64;
-    template <class T> __device__ static __forceinline__ T at(const bk_solve_params_t &p, size_t row, uint32_t i)
-    {
-        double x = __ldg((const double *)p.v + row * p.n + i);
-        return (T)x; /* f64 -> f32 rounds to nearest, as Rust's `as f32` */
-    }
-};
-
-/* INT8 / INT4 codes with static (shared by all rows) or dynamic (per row) scale and zero point. */
-template <uint32_t F> struct LoadQ {
-    static constexpr uint32_t FMT = F;
-    template <class T> __device__ static __forceinline__ T at(const bk_solve_params_t &p, size_t row, uint32_t i)
-    {
-        const bk_qtensor_t &q = p.v_q;
+/* Potential i of row `row` in the compute type, stored as `fmt` (F32/F64: `v`, n per row;
+ * INT8/INT4: the codes and static or dynamic parameters of `q`). The one load path of the solve
+ * and backward kernels: dequantization is bk_dequantize, the CPU codec's rule; f64 -> f32
+ * rounds to nearest, as Rust's `as f32`. With `fmt` a compile-time constant the switch folds. */
+template <class T>
+__device__ __forceinline__ T load_potential(uint32_t fmt, uint64_t v, const bk_qtensor_t &q, uint32_t n, size_t row, uint32_t i)
+{
+    switch (fmt) {
+    case BK_FMT_F32: return (T)__ldg((const float *)v + row * n + i);
+    case BK_FMT_F64: return (T)__ldg((const double *)v + row * n + i);
+    default: {
         const uint8_t *codes = (const uint8_t *)q.codes + row * q.row_bytes;
         size_t j = (q.dynamic ? row * q.groups : 0) + i / q.group_size;
         float s = __ldg((const float *)q.scale + j);
         int32_t z = q.zero ? (int32_t)__ldg((const int16_t *)q.zero + j) : 0;
-        return (T)bk_dequantize(bk_code_at(codes, F, i), s, z);
+        return (T)bk_dequantize(bk_code_at(codes, fmt, i), s, z);
+    }
+    }
+}
+
+/* F32, F64, or INT8/INT4 codes with static (shared by all rows) or dynamic (per row) scale and
+ * zero point. */
+template <uint32_t F> struct Load {
+    static constexpr uint32_t FMT = F;
+    template <class T> __device__ static __forceinline__ T at(const bk_solve_params_t &p, size_t row, uint32_t i)
+    {
+        return load_potential<T>(F, p.v, p.v_q, p.n, row, i);
     }
 };
+using LoadF32 = Load<BK_FMT_F32>;
+using LoadF64 = Load<BK_FMT_F64>;
+template <uint32_t F> using LoadQ = Load<F>;
 
 /* ---- store policies ------------------------------------------------------------------------ */
 

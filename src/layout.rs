@@ -30,6 +30,28 @@ pub struct BkQTensor {
     pub qmax: i32,
 }
 
+impl BkQTensor {
+    /// The kernel-side view of a tensor quantized per `spec` with rows of `n` positions, at the
+    /// given device addresses (`zero` is ignored for symmetric specs).
+    pub fn describe(spec: &crate::quant::QuantSpec, n: usize, codes: u64, scale: u64, zero: u64) -> BkQTensor {
+        BkQTensor {
+            codes,
+            scale,
+            zero: if spec.symmetric { 0 } else { zero },
+            row_bytes: spec.bits.row_bytes(n) as u64,
+            group_size: spec.group_size as u32,
+            groups: spec.groups(n) as u32,
+            format: match spec.bits {
+                crate::quant::Bits::Int8 => FMT_INT8,
+                crate::quant::Bits::Int4 => FMT_INT4,
+            },
+            dynamic: spec.dynamic as u32,
+            qmin: spec.qmin(),
+            qmax: spec.qmax(),
+        }
+    }
+}
+
 /// `bk_solve_params_t`: everything one solve launch needs (see the header for each field).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]

@@ -136,11 +136,11 @@ mod cuda {
     fn kernel_names_match_the_compiled_modules() {
         // Runs without a GPU: the fatbins carry their entry points' names in plain text.
         let names: BTreeSet<String> = all_kernel_names().into_iter().collect();
-        assert_eq!(names.len(), 32);
+        assert_eq!(names.len(), 32 + 3, "32 solves and 3 backward-pass kernels");
         let mut found = BTreeSet::new();
         for (_, bin) in FATBINS {
             let mut i = 0;
-            while let Some(at) = bin[i..].windows(9).position(|w| w == b"bk_solve_") {
+            while let Some(at) = bin[i..].windows(6).position(|w| w == b"bk_sol" || w == b"bk_vjp") {
                 let start = i + at;
                 let end =
                     bin[start..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_')).map_or(bin.len(), |e| start + e);
@@ -522,5 +522,89 @@ mod cuda {
         assert!(matches!(g.solve_into(&p, VInput::F32(&v), &mut out, &opts(Compute::F32)), Err(BkError::Shape { .. })));
         let q = quantize_input(QuantSpec::int8_per_channel(), &vec![0.5f32; 2 * 8], 2, 8);
         assert!(g.solve(&p, VInput::Quant(&q), &GFormat::C64, &opts(Compute::F32)).is_err());
+    }
+
+    // ---- the backward pass (kernels/bk_vjp.cuh), with the checks tests/vjp_emu.rs runs on the
+    // emulated kernel (tests/common/vjp.rs) ------------------------------------------------------
+
+    #[test]
+    fn vjp_matches_the_oracle_and_the_cpu_bit_for_bit_per_element() {
+        let Some(g) = gpu() else { return };
+        // The emulator's shapes plus what only a GPU runs quickly: many blocks of rows and of the
+        // reduction, a long row, N = 1 over many rows.
+        let shapes = [
+            (1usize, 1usize),
+            (3, 2),
+            (8, 3),
+            (9, 17),
+            (33, 129),
+            (8, 512),
+            (2, 1031),
+            (130, 40),
+            (4, 4099),
+            (1000, 512),
+            (70_000, 8),
+            (3, 100_003),
+            (300, 1),
+        ];
+        common::vjp::matches_the_oracle_and_the_cpu(&g, &shapes);
+    }
+
+    #[test]
+    fn vjp_reads_every_input_format_like_the_cpu() {
+        let Some(g) = gpu() else { return };
+        common::vjp::reads_every_input_format_like_the_cpu(&g);
+    }
+
+    #[test]
+    fn vjp_poisoned_outputs_are_written_and_sums_do_not_depend_on_the_chunking() {
+        let Some(_) = gpu() else { return };
+        common::vjp::sums_do_not_depend_on_the_chunking(&|max_chunk_rows, poison| {
+            Box::new(CudaBackend::new(0).unwrap().with_options(CudaOptions { max_chunk_rows, poison, ..Default::default() }))
+        });
+    }
+
+    #[test]
+    fn vjp_redoes_rows_in_f64_and_reports_errors_like_the_cpu() {
+        let Some(g) = gpu() else { return };
+        common::vjp::redoes_rows_in_f64_like_the_cpu(&g);
+        common::vjp::reports_errors_like_the_cpu(&g);
+    }
+
+    #[test]
+    fn qat_core_gives_the_cpu_gradients_on_the_gpu() {
+        // The training path end to end: fake-quantized forward and backward through the GPU, the
+        // scale gradients equal to the CPU's (the same dL/dv per element, so the same sums).
+        let Some(g) = gpu() else { return };
+        let cpu = CpuBackend::new();
+        let mut rng = Rng::new(41);
+        let (rows, n) = (64usize, 512usize);
+        let p = Problem::laplacian(n, Complex64::new(0.0, 1.0)).unwrap();
+        let v = common::normal_f32(&mut rng, rows * n, 1.0);
+        let mut cal = bk_infer::quant::calibrate::Calibrator::new(
+            p.clone(),
+            bk_infer::quant::calibrate::CalibrationConfig::both(Bits::Int8, 1, bk_infer::quant::calibrate::Method::Mse),
+        )
+        .unwrap();
+        cal.collect(&cpu, &v).unwrap();
+        let core = bk_infer::qat::QatCore::from_plan(p.clone(), &cal.end().unwrap().plan).unwrap();
+        let o = opts(Compute::F32);
+        let (fg, fc) = (core.forward(&g, &v, &o).unwrap(), core.forward(&cpu, &v, &o).unwrap());
+        assert_eq!(fg.g, fc.g, "forward");
+        let gb: Vec<Complex32> = (0..rows * n).map(|_| Complex32::new(rng.normal() as f32, rng.normal() as f32)).collect();
+        let (bg, bc) = (core.backward(&g, &fg, &gb, &o).unwrap(), core.backward(&cpu, &fc, &gb, &o).unwrap());
+        assert_eq!(bg.v, bc.v, "dL/dv");
+        // Parameter gradients: sums of the same terms (in an order rayon picks): within rounding.
+        let close = |a: &bk_infer::qat::QuantGrad, b: &bk_infer::qat::QuantGrad, what: &str| {
+            let e = common::vjp::rel(&a.scale, &b.scale);
+            assert!(e < 1e-12, "{what}: scale gradients differ by {e:.2e}");
+            assert_eq!(a.zero.is_some(), b.zero.is_some());
+            let e = common::vjp::rel(a.zero.as_deref().unwrap_or(&[]), b.zero.as_deref().unwrap_or(&[]));
+            assert!(e < 1e-12, "{what}: zero-point gradients differ by {e:.2e}");
+        };
+        close(bg.v_quant.as_ref().unwrap(), bc.v_quant.as_ref().unwrap(), "v");
+        for (a, b) in bg.g_quant.as_ref().unwrap().iter().zip(bc.g_quant.as_ref().unwrap()) {
+            close(a, b, "G");
+        }
     }
 }

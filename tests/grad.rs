@@ -8,6 +8,7 @@ use bk_infer::quant::{AffineParams, QTensor, QuantSpec, TensorQuant};
 use bk_infer::workload::Rng;
 use bk_infer::{reference, stats, BkError, NanPolicy, Problem, H0};
 use common::tol;
+use common::vjp::{errors, random_batch, rel};
 use num_complex::{Complex32, Complex64};
 
 /// L(v, H0, z) = Σ_i Re(conj(ḡ_i) G_i): its gradient is exactly the VJP with upstream ḡ.
@@ -19,16 +20,6 @@ fn loss(p: &Problem, v: &[f64], gb: &[Complex64]) -> f64 {
 
 fn random_gbar(rng: &mut Rng, len: usize) -> Vec<Complex64> {
     (0..len).map(|_| Complex64::new(rng.normal(), rng.normal())).collect()
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    if den == 0.0 {
-        num.sqrt()
-    } else {
-        (num / den).sqrt()
-    }
 }
 
 fn with_h0(h0: H0, z: Complex64) -> Problem {
@@ -154,19 +145,7 @@ fn backend_vs_oracle(b: &dyn Backend, p: &Problem, v: &[f32], gb: &[Complex32], 
     let got = b.vjp(p, VInput::F32(v), GradG::C64(gb), DvFormat::F64, &opts).unwrap();
     let wide: Vec<f64> = v.iter().map(|&x| x as f64).collect();
     let want = gref::vjp_batch(p, &wide, GradG::C64(gb)).unwrap();
-    [
-        rel(&got.dv.to_f64(), &want.dv.to_f64()),
-        rel(&got.dh0_diag, &want.dh0_diag),
-        rel(&got.dh0_super, &want.dh0_super),
-        rel(&got.dh0_sub, &want.dh0_sub),
-        (got.dz - want.dz).norm() / want.dz.norm().max(1e-300),
-    ]
-}
-
-fn random_batch(rng: &mut Rng, rows: usize, n: usize) -> (Vec<f32>, Vec<Complex32>) {
-    let v = common::normal_f32(rng, rows * n, 1.0);
-    let gb = (0..rows * n).map(|_| Complex32::new(rng.normal() as f32, rng.normal() as f32)).collect();
-    (v, gb)
+    errors(&got, &want)
 }
 
 #[test]
@@ -290,35 +269,6 @@ fn backends_without_a_vjp_say_so() {
     assert!(SolveOnly.solve(&p, VInput::F32(&v), &GFormat::C64, &SolveOptions::default()).is_ok());
     let e = SolveOnly.vjp(&p, VInput::F32(&v), GradG::C64(&gb), DvFormat::F32, &SolveOptions::default()).unwrap_err();
     assert!(matches!(&e, BkError::Unsupported { backend, .. } if backend == "solve-only"), "{e}");
-}
-
-#[test]
-fn cuda_vjp_matches_oracle_when_present() {
-    let gpu = match backend::select("cuda") {
-        Ok(b) => b,
-        Err(e) => {
-            println!("skipped: no CUDA backend ({e})");
-            return;
-        }
-    };
-    let mut rng = Rng::new(28);
-    for &(rows, n) in &[(1usize, 1usize), (8, 512), (33, 129), (4, 4099)] {
-        let p = common::random_problem(&mut rng, n, 0.1, 10.0);
-        let (v, gb) = random_batch(&mut rng, rows, n);
-        match gpu.vjp(&p, VInput::F32(&v), GradG::C64(&gb), DvFormat::F32, &SolveOptions::default()) {
-            Err(BkError::Unsupported { .. }) => {
-                println!("skipped: the CUDA backend has no VJP yet");
-                return;
-            }
-            r => {
-                r.unwrap();
-            }
-        }
-        let e = backend_vs_oracle(gpu.as_ref(), &p, &v, &gb, Compute::F32);
-        assert!(e.iter().all(|&e| e < tol::VJP_F32), "cuda rows {rows} n {n}: {e:?}");
-        let e = backend_vs_oracle(gpu.as_ref(), &p, &v, &gb, Compute::F64);
-        assert!(e.iter().all(|&e| e < tol::VJP_F64), "cuda f64 rows {rows} n {n}: {e:?}");
-    }
 }
 
 #[test]

@@ -22,26 +22,7 @@ use std::sync::OnceLock;
 /// The compiled driver, or the reason there is none.
 fn driver() -> Result<&'static Path, String> {
     static D: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    D.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-        let exe = std::env::temp_dir().join(format!("bk-kernel-emu-{}", std::process::id()));
-        let out = Command::new(&cxx)
-            .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-I"])
-            .arg(root.join("kernels"))
-            .arg(root.join("tests/emu/driver.cpp"))
-            .arg("-o")
-            .arg(&exe)
-            .output()
-            .map_err(|e| format!("no C++ compiler `{cxx}` ({e})"))?;
-        if !out.status.success() {
-            panic!("{cxx} failed on tests/emu/driver.cpp:\n{}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(exe)
-    })
-    .as_ref()
-    .map(|p| p.as_path())
-    .map_err(|e| e.clone())
+    common::emu_driver(&D, "tests/emu/driver.cpp", "bk-kernel-emu")
 }
 
 /// Device memory stand-in: regions 256-byte aligned; a pointer is offset + 1 (0 is null).
@@ -79,20 +60,6 @@ fn consts<T: bytemuck::Pod>(p: &Problem, conv: impl Fn(f64) -> T, back: impl Fn(
     (c, c_lo, p.k().iter().map(|&k| conv(k)).collect())
 }
 
-fn qdesc(spec: &QuantSpec, n: usize, codes: u64, scale: u64, zero: u64) -> BkQTensor {
-    BkQTensor {
-        codes,
-        scale,
-        zero: if spec.symmetric { 0 } else { zero },
-        row_bytes: spec.bits.row_bytes(n) as u64,
-        group_size: spec.group_size as u32,
-        groups: spec.groups(n) as u32,
-        format: if spec.bits == Bits::Int8 { FMT_INT8 } else { FMT_INT4 },
-        dynamic: spec.dynamic as u32,
-        qmin: spec.qmin(),
-        qmax: spec.qmax(),
-    }
-}
 
 /// A quantized tensor's regions: codes and parameters (static ones copied, dynamic ones poisoned
 /// for outputs).
@@ -106,7 +73,7 @@ fn put_q(a: &mut Arena, q: &QTensor, output: bool) -> (BkQTensor, u64, u64, u64)
         let z = q.params().zero.as_ref().map_or(0, |z| a.put(bytemuck::cast_slice(z)));
         (a.put(bytemuck::cast_slice(&q.params().scale)), z)
     };
-    (qdesc(&spec, q.n(), codes, scale, zero), codes, scale, zero)
+    (BkQTensor::describe(&spec, q.n(), codes, scale, zero), codes, scale, zero)
 }
 
 /// One emulated launch over all rows; returns G and the row status words.
@@ -137,7 +104,7 @@ fn emulate_with(
     let (in_format, vp, v_q) = match v {
         VInput::F32(x) => (FMT_F32, a.put(bytemuck::cast_slice(x)), BkQTensor::default()),
         VInput::F64(x) => (FMT_F64, a.put(bytemuck::cast_slice(x)), BkQTensor::default()),
-        VInput::Quant(q) => (qdesc(q.spec(), n, 0, 0, 0).format, 0, put_q(&mut a, q, false).0),
+        VInput::Quant(q) => (BkQTensor::describe(q.spec(), n, 0, 0, 0).format, 0, put_q(&mut a, q, false).0),
         VInput::F16(_) | VInput::Bf16(_) => panic!("f16/bf16 are widened on the host; the kernels never see them"),
     };
     let dynamic_out = matches!(out, GOutput::Quant(q) if q.re.spec().dynamic || q.im.spec().dynamic);
@@ -147,7 +114,7 @@ fn emulate_with(
     let (out_format, g, re, im) = match out {
         GOutput::C64(_) => (FMT_C64, a.filled(rows * n * 8, 0xff), None, None),
         GOutput::C128(_) => (FMT_C128, a.filled(rows * n * 16, 0xff), None, None),
-        GOutput::Quant(q) => (qdesc(q.re.spec(), n, 0, 0, 0).format, 0, Some(put_q(&mut a, &q.re, true)), Some(put_q(&mut a, &q.im, true))),
+        GOutput::Quant(q) => (BkQTensor::describe(q.re.spec(), n, 0, 0, 0).format, 0, Some(put_q(&mut a, &q.re, true)), Some(put_q(&mut a, &q.im, true))),
         GOutput::Cf16(_) | GOutput::Cbf16(_) => panic!("f16/bf16 outputs are rounded on the host; the kernels never write them"),
     };
     let status = a.filled(rows * 4, 0xff);

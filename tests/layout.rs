@@ -2,6 +2,7 @@
 //! the system C compiler), and the scalar quantization rules bit for bit. Skips with a printed
 //! reason when no C compiler is found.
 
+use bk_infer::grad::gpu::{VJP_CONSTANTS, VJP_FIELDS};
 use bk_infer::layout::{CONSTANTS, FIELDS};
 use bk_infer::quant::{codec, AffineParams, Bits, QuantSpec};
 use bk_infer::workload::Rng;
@@ -48,26 +49,37 @@ fn run(exe: &Path, input: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn every_offset_and_constant_matches_the_header() {
-    let mut src = String::from("#include <stdio.h>\n#include \"bk_formats.h\"\nint main(void) {\n");
-    for (expr, _) in FIELDS {
+/// Compiles a probe that prints every C expression of `fields` and `constants` after including
+/// `header`, and compares each with the Rust value.
+fn check_header(header: &str, fields: &[(&str, usize)], constants: &[(&str, i64)]) {
+    let mut src = format!("#include <stdio.h>\n#include \"{header}\"\nint main(void) {{\n");
+    for (expr, _) in fields {
         src += &format!("    printf(\"%llu\\n\", (unsigned long long)({expr}));\n");
     }
-    for (expr, _) in CONSTANTS {
+    for (expr, _) in constants {
         src += &format!("    printf(\"%lld\\n\", (long long)({expr}));\n");
     }
     src += "    return 0;\n}\n";
-    let Some(exe) = compile("fields", &src) else { return };
+    let Some(exe) = compile(&format!("fields-{}", header.trim_end_matches(".h")), &src) else { return };
     let out = run(&exe, "");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), FIELDS.len() + CONSTANTS.len());
-    for ((expr, rust), c) in FIELDS.iter().zip(&lines) {
-        assert_eq!(c.parse::<usize>().unwrap(), *rust, "{expr}: C says {c}, Rust says {rust}");
+    assert_eq!(lines.len(), fields.len() + constants.len());
+    for ((expr, rust), c) in fields.iter().zip(&lines) {
+        assert_eq!(c.parse::<usize>().unwrap(), *rust, "{header}: {expr}: C says {c}, Rust says {rust}");
     }
-    for ((expr, rust), c) in CONSTANTS.iter().zip(&lines[FIELDS.len()..]) {
-        assert_eq!(c.parse::<i64>().unwrap(), *rust, "{expr}: C says {c}, Rust says {rust}");
+    for ((expr, rust), c) in constants.iter().zip(&lines[fields.len()..]) {
+        assert_eq!(c.parse::<i64>().unwrap(), *rust, "{header}: {expr}: C says {c}, Rust says {rust}");
     }
+}
+
+#[test]
+fn every_offset_and_constant_matches_the_header() {
+    check_header("bk_formats.h", FIELDS, CONSTANTS);
+}
+
+#[test]
+fn every_offset_and_constant_matches_the_vjp_header() {
+    check_header("bk_vjp.h", VJP_FIELDS, VJP_CONSTANTS);
 }
 
 /// Values that exercise rounding ties, clamps, signed zeros, non-finite inputs and extremes.

@@ -6,7 +6,8 @@ pub use cpu::CpuBackend;
 #[cfg(bk_cuda)]
 pub mod cuda;
 pub mod geometry;
-mod lanes;
+pub(crate) mod device;
+pub(crate) mod lanes;
 mod transpose;
 
 use crate::error::{BkError, Result};

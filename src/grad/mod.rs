@@ -37,6 +37,7 @@
 //! checked itself against finite differences and the dense inverse); backends implement
 //! [`crate::backend::Backend::vjp_into`].
 
+pub mod gpu;
 pub mod reference;
 
 use crate::error::{BkError, Result};

@@ -5,6 +5,38 @@ use bk_infer::workload::Rng;
 use bk_infer::{Problem, H0};
 use num_complex::Complex64;
 
+pub mod vjp;
+
+/// The kernel emulator `source` (tests/emu/*.cpp: kernels/ compiled for the CPU with the system
+/// C++ compiler, `CXX` or c++), compiled once per test process into `cell`; Err says why there
+/// is none (no compiler). A compiler that fails on the source fails the test.
+pub fn emu_driver(
+    cell: &'static std::sync::OnceLock<Result<std::path::PathBuf, String>>,
+    source: &str,
+    tag: &str,
+) -> Result<&'static std::path::Path, String> {
+    cell.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let exe = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        let out = std::process::Command::new(&cxx)
+            .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-I"])
+            .arg(root.join("kernels"))
+            .arg(root.join(source))
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .map_err(|e| format!("no C++ compiler `{cxx}` ({e})"))?;
+        if !out.status.success() {
+            panic!("{cxx} failed on {source}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(exe)
+    })
+    .as_ref()
+    .map(|p| p.as_path())
+    .map_err(|e| e.clone())
+}
+
 /// Tolerances, per path, in one place (relative L2 against the f64 oracle unless noted).
 pub mod tol {
     /// CPU f32 path, |Im z| ≥ 0.1 (the bound).

@@ -153,23 +153,30 @@ fn tile<const L: usize>(
         let sc = s.f32.get_or_insert_with(|| Scratch::new(n));
         let (vmax, bad) = tile_in(ctx, t, g_bar, sc, c32)?;
         if vmax <= F32_MAX_V && (bad.is_empty() || ctx.mode == Mode::F32) {
+            check_singular(ctx, t, &bad, sc)?;
             return Ok(finish(ctx, t, sc, &mut chunk, 0));
         }
     }
     let sc = s.f64.get_or_insert_with(|| Scratch::new(n));
     let (_, bad) = tile_in(ctx, t, g_bar, sc, c64)?;
-    for &l in &bad {
-        let row = t * L + l;
-        let vr: Vec<f64> = sc.v.iter().map(|x| x[l].to_f64()).collect();
-        // A NaN-propagate row's NaN gradient is what was asked for; anything else is singular.
-        if vr.iter().all(|x| x.is_finite()) {
-            let mut g = vec![Complex64::default(); n];
-            let pos = reference::solve_row(ctx.p, &vr, &mut g).err().unwrap_or(0);
-            return Err(BkError::SingularPivot { row, pos, im_z: ctx.p.z().im });
-        }
-    }
+    check_singular(ctx, t, &bad, sc)?;
     let live = L.min(ctx.rows - t * L);
     Ok(finish(ctx, t, sc, &mut chunk, live))
+}
+
+/// A non-finite gradient from a row of finite potentials means a singular matrix (as in the
+/// forward, in every mode): locate it with the oracle. A NaN-propagate row's NaN gradient is
+/// what was asked for.
+fn check_singular<T: Real, const L: usize>(ctx: &Ctx<'_>, t: usize, bad: &[usize], sc: &Scratch<T, L>) -> Result<()> {
+    for &l in bad {
+        let vr: Vec<f64> = sc.v.iter().map(|x| x[l].to_f64()).collect();
+        if vr.iter().all(|x| x.is_finite()) {
+            let mut g = vec![Complex64::default(); ctx.n];
+            let pos = reference::solve_row(ctx.p, &vr, &mut g).err().unwrap_or(0);
+            return Err(BkError::SingularPivot { row: t * L + l, pos, im_z: ctx.p.z().im });
+        }
+    }
+    Ok(())
 }
 
 /// Loads tile `t` and runs the sweeps in T; returns max |v| and the live lanes whose

@@ -37,7 +37,8 @@ pub fn kernel_name(input: u32, output: u32, compute_f64: bool) -> String {
     format!("bk_solve_{}_{}{suffix}", fmt_name(input), fmt_name(output))
 }
 
-/// Every entry point the backend may launch.
+/// Every entry point the backend may launch: the solves, then the backward pass
+/// ([`crate::grad::gpu::VJP_KERNELS`]).
 pub fn all_kernel_names() -> Vec<String> {
     let mut v = vec![];
     for i in INPUTS {
@@ -47,6 +48,7 @@ pub fn all_kernel_names() -> Vec<String> {
             }
         }
     }
+    v.extend(crate::grad::gpu::VJP_KERNELS.iter().map(|s| s.to_string()));
     v
 }
 

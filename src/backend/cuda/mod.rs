@@ -8,12 +8,14 @@
 mod kernels;
 mod mem;
 mod run;
+mod vjp;
 
 pub use super::geometry::Geometry;
 pub use kernels::{all_kernel_names, kernel_name, ARCHS, FATBINS, NVCC_VERSION};
 
 use super::{Backend, GFormat, GOutput, SolveInfo, SolveOptions, VInput};
 use crate::error::{BkError, Result};
+use crate::grad::{GradG, Vjp};
 use crate::problem::Problem;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, DeviceRepr};
@@ -182,18 +184,8 @@ impl Backend for CudaBackend {
         // values (one rounding from the computed value, f32 or f64 rows alike). The kernels
         // themselves read and write only the formats of bk_formats.h.
         crate::backend::check_call(p, &v, out)?;
-        let widened: Vec<f32>;
-        let v = match v {
-            VInput::F16(x) => {
-                widened = x.iter().map(|h| h.to_f32()).collect();
-                VInput::F32(&widened)
-            }
-            VInput::Bf16(x) => {
-                widened = x.iter().map(|h| h.to_f32()).collect();
-                VInput::F32(&widened)
-            }
-            other => other,
-        };
+        let mut widened = Vec::new();
+        let v = crate::backend::device::widen_half(v, &mut widened);
         let half_out = matches!(out, GOutput::Cf16(_) | GOutput::Cbf16(_));
         let mut wide = if half_out { Some(GOutput::alloc(&GFormat::C128, out.len() / p.n(), p.n())?) } else { None };
         let mut last = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
@@ -212,6 +204,12 @@ impl Backend for CudaBackend {
             }
         }
         Ok(info)
+    }
+
+    fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
+        let mut last = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        *last = None;
+        vjp::vjp(&self.dev, &self.stream, &self.opts, p, v, g_bar, out, opts)
     }
 }
 

@@ -6,75 +6,18 @@ use crate::backend::geometry::Geometry;
 use super::kernels::kernel_name;
 use super::mem::{cu, upload_new, DevBuf};
 use super::{CudaOptions, Device};
+use crate::backend::device::{
+    check_rows, nan_code, q_row_bytes, redo_rows, status_problem, HostV, Mode, MEMORY_FRACTION, MEMORY_MARGIN,
+};
 use crate::backend::lanes::Consts;
-use crate::backend::{auto_wants_f64, check_call, Compute, GOutput, SolveInfo, SolveOptions, VInput, F32_MAX_V};
+use crate::backend::{check_call, GOutput, SolveInfo, SolveOptions, VInput, F32_MAX_V};
 use crate::error::{BkError, Result};
 use crate::layout::*;
-use crate::problem::{apply_nan_policy, NanPolicy, Problem};
-use crate::quant::{Bits, QTensor, QuantSpec};
-use crate::reference;
+use crate::problem::Problem;
+use crate::quant::{QTensor, QuantSpec};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream, LaunchConfig, PushKernelArg};
-use num_complex::Complex64;
-use std::borrow::Cow;
 use std::sync::Arc;
-
-/// Free memory left unused for the driver, other kernels and fragmentation.
-const MEMORY_MARGIN: usize = 64 << 20;
-/// Fraction of free device memory one call may use.
-const MEMORY_FRACTION: f64 = 0.8;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    F32,
-    F64,
-    /// f32, redoing in f64 the rows with huge potentials or a non-finite G (`Compute::Auto`).
-    F32Fallback,
-}
-
-/// The potentials as the host holds them after the NaN policy.
-enum HostV<'a> {
-    F32(Cow<'a, [f32]>),
-    F64(Cow<'a, [f64]>),
-    Quant(&'a QTensor),
-}
-
-fn bits_fmt(b: Bits) -> u32 {
-    match b {
-        Bits::Int8 => FMT_INT8,
-        Bits::Int4 => FMT_INT4,
-    }
-}
-
-fn nan_code(p: NanPolicy) -> u32 {
-    match p {
-        NanPolicy::Error => NAN_ERROR,
-        NanPolicy::Zero => NAN_ZERO,
-        NanPolicy::Propagate => NAN_PROPAGATE,
-    }
-}
-
-/// Bytes of one row of a quantized tensor's per-row data: codes plus dynamic parameters.
-fn q_row_bytes(spec: &QuantSpec, n: usize) -> usize {
-    let params = if spec.dynamic { spec.groups(n) * (4 + if spec.symmetric { 0 } else { 2 }) } else { 0 };
-    spec.bits.row_bytes(n) + params
-}
-
-/// A kernel-side view of a quantized tensor.
-fn qdesc(spec: &QuantSpec, n: usize, codes: u64, scale: u64, zero: u64) -> BkQTensor {
-    BkQTensor {
-        codes,
-        scale,
-        zero: if spec.symmetric { 0 } else { zero },
-        row_bytes: spec.bits.row_bytes(n) as u64,
-        group_size: spec.group_size as u32,
-        groups: spec.groups(n) as u32,
-        format: bits_fmt(spec.bits),
-        dynamic: spec.dynamic as u32,
-        qmin: spec.qmin(),
-        qmax: spec.qmax(),
-    }
-}
 
 /// Device copies of one quantized tensor for a batch chunk: codes, and the parameters (static:
 /// uploaded once; dynamic: rows of the chunk).
@@ -104,7 +47,7 @@ impl QDev {
 
     fn desc(&self, stream: &CudaStream, n: usize) -> BkQTensor {
         let zero = self.zero.as_ref().map_or(0, |z| z.ptr(stream));
-        qdesc(&self.spec, n, self.codes.ptr(stream), self.scale.ptr(stream), zero)
+        BkQTensor::describe(&self.spec, n, self.codes.ptr(stream), self.scale.ptr(stream), zero)
     }
 
     /// Uploads rows r0..r0 + cnt of `q` (codes, and parameters when dynamic).
@@ -246,28 +189,11 @@ pub(super) fn solve(
     if n > i32::MAX as usize {
         return Err(BkError::InvalidArgument(format!("N = {n}: the CUDA backend takes rows of at most 2^31 - 1 positions")));
     }
-    let mode = match opts.compute {
-        Compute::F32 => Mode::F32,
-        Compute::F64 => Mode::F64,
-        Compute::Auto if auto_wants_f64(p) => Mode::F64,
-        Compute::Auto => Mode::F32Fallback,
-    };
+    let mode = Mode::of(p, opts.compute);
     // The NaN policy for float inputs is applied here, before upload; the kernels apply it to
     // potentials they dequantize themselves.
-    let hv = match v {
-        VInput::F32(x) => HostV::F32(apply_nan_policy("v", x, n, opts.nan_policy)?),
-        VInput::F64(x) => HostV::F64(apply_nan_policy("v", x, n, opts.nan_policy)?),
-        VInput::Quant(q) => {
-            q.spec().validate("v")?;
-            HostV::Quant(q)
-        }
-        VInput::F16(_) | VInput::Bf16(_) => return Err(half_storage()),
-    };
-    let (in_fmt, in_row) = match &hv {
-        HostV::F32(_) => (FMT_F32, n * 4),
-        HostV::F64(_) => (FMT_F64, n * 8),
-        HostV::Quant(q) => (bits_fmt(q.spec().bits), q_row_bytes(q.spec(), n)),
-    };
+    let hv = HostV::new(v, n, opts.nan_policy, "cuda")?;
+    let (in_fmt, in_row) = hv.format(n);
     let (out_fmt, out_row, dynamic_out) = match &*out {
         GOutput::C64(_) => (FMT_C64, n * 8, false),
         GOutput::C128(_) => (FMT_C128, n * 16, false),
@@ -276,7 +202,7 @@ pub(super) fn solve(
             q.re.spec().validate("g.re")?;
             q.im.spec().validate("g.im")?;
             let (re, im) = (q.re.spec(), q.im.spec());
-            (bits_fmt(re.bits), q_row_bytes(re, n) + q_row_bytes(im, n), re.dynamic || im.dynamic)
+            (BkQTensor::describe(re, n, 0, 0, 0).format, q_row_bytes(re, n) + q_row_bytes(im, n), re.dynamic || im.dynamic)
         }
     };
 
@@ -404,12 +330,7 @@ pub(super) fn solve(
         let mut ran_f64 = vec![main.f64; cnt];
         if let Some(redo) = &redo {
             // Like the CPU: huge potentials always move a row to f64; a non-finite G does in Auto.
-            let idx: Vec<u32> = (0..cnt as u32)
-                .filter(|&r| {
-                    let s = status[r as usize];
-                    s & STATUS_BIG_V != 0 || (mode == Mode::F32Fallback && s & STATUS_NONFINITE_G != 0)
-                })
-                .collect();
+            let idx = redo_rows(&status, mode);
             if !idx.is_empty() {
                 index_dev.upload(stream, bytemuck::cast_slice(&idx), "row index")?;
                 let ev = launch(redo, &consts64, idx.len(), index_dev.ptr(stream))?;
@@ -438,7 +359,7 @@ pub(super) fn solve(
             _ => unreachable!("device output matches host output by construction"),
         }
         cu(stream.synchronize(), || format!("waiting for results on {}", dev.name))?;
-        check_rows(p, &hv, out, opts.nan_policy, r0, &status, &ran_f64)?;
+        check_rows(p, &hv, opts.nan_policy, r0, &status, &ran_f64, |row| first_nonfinite(out, row, n))?;
     }
     Ok((SolveInfo { rows, rows_f64 }, copts.time_kernels.then_some(kernel_ms)))
 }
@@ -449,61 +370,9 @@ fn read_status(stream: &Arc<CudaStream>, dev: &DevBuf, cnt: usize, kernel: &str)
     let mut s = vec![0u32; cnt];
     dev.download(stream, bytemuck::cast_slice_mut(&mut s), "row status")?;
     cu(stream.synchronize(), || format!("running {kernel}"))?;
-    let known = STATUS_WRITTEN | STATUS_NONFINITE_G | STATUS_NONFINITE_V | STATUS_BIG_V;
-    if let Some((r, &w)) = s.iter().enumerate().find(|(_, &w)| w & STATUS_WRITTEN == 0 || w & !known != 0) {
-        let why = if w & STATUS_BAD_LAUNCH != 0 { "rejected its launch parameters" } else { "did not process" };
-        return Err(BkError::Cuda(format!("kernel {kernel} {why} row {r} of the launch (status {w:#x})")));
-    }
-    Ok(s)
-}
-
-/// The CPU backend's errors, from the rows' final status: a non-finite potential under
-/// `NanPolicy::Error` (only dequantized inputs can get here), then a singular matrix.
-fn check_rows(
-    p: &Problem,
-    hv: &HostV<'_>,
-    out: &GOutput,
-    policy: NanPolicy,
-    r0: usize,
-    status: &[u32],
-    ran_f64: &[bool],
-) -> Result<()> {
-    let n = p.n();
-    if policy == NanPolicy::Error {
-        if let (Some(r), HostV::Quant(q)) = (status.iter().position(|s| s & STATUS_NONFINITE_V != 0), hv) {
-            let row = r0 + r;
-            let mut x = vec![0f32; n];
-            q.dequantize_row(row, &mut x);
-            let pos = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(BkError::NonFinite { tensor: "v".into(), row, pos, value: x[pos] as f64 });
-        }
-    }
-    for (r, &s) in status.iter().enumerate() {
-        if s & STATUS_NONFINITE_G == 0 || s & STATUS_NONFINITE_V != 0 {
-            continue; // fine, or a NaN-propagate row whose NaN output is what was asked for
-        }
-        let row = r0 + r;
-        let row_v = row_values(hv, row, n, ran_f64[r]);
-        let mut g = vec![Complex64::default(); n];
-        let pos = match reference::solve_row(p, &row_v, &mut g) {
-            Err(pos) => pos,
-            Ok(()) => first_nonfinite(out, row, n).unwrap_or(0),
-        };
-        return Err(BkError::SingularPivot { row, pos, im_z: p.z().im });
-    }
-    Ok(())
-}
-
-/// A row's potentials as the kernel of that compute type saw them.
-fn row_values(hv: &HostV<'_>, row: usize, n: usize, f64: bool) -> Vec<f64> {
-    match hv {
-        HostV::F32(x) => x[row * n..(row + 1) * n].iter().map(|&a| a as f64).collect(),
-        HostV::F64(x) => x[row * n..(row + 1) * n].iter().map(|&a| if f64 { a } else { a as f32 as f64 }).collect(),
-        HostV::Quant(q) => {
-            let mut x = vec![0f32; n];
-            q.dequantize_row(row, &mut x);
-            x.iter().map(|&a| a as f64).collect()
-        }
+    match status_problem(&s, &format!("kernel {kernel}")) {
+        Some(msg) => Err(BkError::Cuda(msg)),
+        None => Ok(s),
     }
 }
 
