@@ -11,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Options of the QAT stage.
 #[derive(clap::Args, Clone, Debug)]
 pub struct QatArgs {
-    /// Adam steps of `--method qat` (each over the whole calibration set).
+    /// Most Adam steps of `--method qat` (each over the training rows: every 4th calibration row
+    /// validates, and training stops after 100 steps without a better validation error).
     #[arg(long, default_value_t = QatConfig::default().steps)]
     pub qat_steps: usize,
     /// Learning rate of `--method qat` for log-scales (relative change per step).
@@ -46,11 +47,15 @@ pub fn run(backend: &dyn Backend, p: &Problem, init: &QuantPlan, cal: &[f32], cf
     bar.finish_and_clear();
     let r = r?;
     println!(
-        "QAT {label}: calibration-set error {:.4} % -> {:.4} % (best at step {} of {})",
+        "QAT {label}: calibration-set error {:.4} % -> {:.4} % on {} training rows, {:.4} % -> {:.4} % on {} validation rows (best at step {} of {})",
         r.initial_loss,
         r.best_loss,
+        r.train_rows,
+        r.initial_val_loss,
+        r.best_val_loss,
+        r.val_rows,
         r.best_step,
-        cfg.steps
+        r.losses.len() - 1
     );
     Ok(r)
 }
