@@ -25,18 +25,28 @@ impl ErrorStats {
     /// every statistic NaN (never silently good).
     pub fn compare(approx: &[Complex64], reference: &[Complex64]) -> ErrorStats {
         assert_eq!(approx.len(), reference.len(), "ErrorStats::compare: length mismatch");
+        Self::over(approx.iter().zip(reference).flat_map(|(a, r)| [(a.re, r.re), (a.im, r.im)]))
+    }
+
+    /// Compares real tensors element by element (`count` = number of values).
+    pub fn compare_real(approx: &[f64], reference: &[f64]) -> ErrorStats {
+        assert_eq!(approx.len(), reference.len(), "ErrorStats::compare_real: length mismatch");
+        Self::over(approx.iter().copied().zip(reference.iter().copied()))
+    }
+
+    /// The statistics over (approximate, reference) pairs of real values.
+    fn over(pairs: impl Iterator<Item = (f64, f64)>) -> ErrorStats {
         let (mut sad, mut sa, mut sse, mut ss, mut max) = (0f64, 0f64, 0f64, 0f64, 0f64);
-        for (a, r) in approx.iter().zip(reference) {
-            for (x, y) in [(a.re, r.re), (a.im, r.im)] {
-                let d = x - y;
-                sad += d.abs();
-                sa += y.abs();
-                sse += d * d;
-                ss += y * y;
-                max = if d.abs() > max || d.is_nan() { d.abs() } else { max };
-            }
+        let mut count = 0;
+        for (x, y) in pairs {
+            let d = x - y;
+            sad += d.abs();
+            sa += y.abs();
+            sse += d * d;
+            ss += y * y;
+            max = if d.abs() > max || d.is_nan() { d.abs() } else { max };
+            count += 1;
         }
-        let count = 2 * approx.len();
         let c = count.max(1) as f64;
         ErrorStats {
             mae: sad / c,
@@ -46,30 +56,6 @@ impl ErrorStats {
             rel_pct: 100.0 * sad / sa,
             rel_l2: (sse / ss).sqrt(),
             count,
-        }
-    }
-
-    /// Compares real tensors element by element (`count` = number of values).
-    pub fn compare_real(approx: &[f64], reference: &[f64]) -> ErrorStats {
-        assert_eq!(approx.len(), reference.len(), "ErrorStats::compare_real: length mismatch");
-        let (mut sad, mut sa, mut sse, mut ss, mut max) = (0f64, 0f64, 0f64, 0f64, 0f64);
-        for (&x, &y) in approx.iter().zip(reference) {
-            let d = x - y;
-            sad += d.abs();
-            sa += y.abs();
-            sse += d * d;
-            ss += y * y;
-            max = if d.abs() > max || d.is_nan() { d.abs() } else { max };
-        }
-        let c = approx.len().max(1) as f64;
-        ErrorStats {
-            mae: sad / c,
-            mse: sse / c,
-            snr_db: 10.0 * (ss / sse).log10(),
-            max_abs: max,
-            rel_pct: 100.0 * sad / sa,
-            rel_l2: (sse / ss).sqrt(),
-            count: approx.len(),
         }
     }
 

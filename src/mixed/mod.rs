@@ -36,32 +36,53 @@ use crate::ptq::{self, PtqRun};
 use crate::backend::SolveInfo;
 use half::{bf16, f16};
 
-/// Runs a layer on f32 potentials as its model stores it: v quantized or rounded to its float
-/// format, G stored in its format. H0 is what the layer's problem holds (its decoded values).
-pub fn run_layer(backend: &dyn Backend, layer: &Layer, v: &[f32], opts: &SolveOptions) -> Result<PtqRun> {
-    let (p, plan, st) = (&layer.problem, &layer.plan, &layer.storage);
-    plan.validate(p.n())?;
-    let q = ptq::quantize_v(p, plan, v)?;
-    let h16: Vec<f16>;
-    let hb16: Vec<bf16>;
-    let input = match (&q, st.v) {
-        (Some(q), _) => VInput::Quant(q),
-        (None, FloatFormat::F32) => VInput::F32(v),
-        (None, FloatFormat::F16) => {
-            h16 = v.iter().map(|&x| f16::from_f32(x)).collect();
-            VInput::F16(&h16)
+/// A batch of potentials as a layer stores them: quantized with its plan, rounded to its float
+/// format, or as given. Owned, so that the [`VInput`] handed to a backend can borrow it.
+pub enum StoredV<'a> {
+    Quant(crate::quant::QTensor),
+    F32(&'a [f32]),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl<'a> StoredV<'a> {
+    pub fn new(layer: &Layer, v: &'a [f32]) -> Result<Self> {
+        Ok(match (ptq::quantize_v(&layer.problem, &layer.plan, v)?, layer.storage.v) {
+            (Some(q), _) => StoredV::Quant(q),
+            (None, FloatFormat::F32) => StoredV::F32(v),
+            (None, FloatFormat::F16) => StoredV::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            (None, FloatFormat::Bf16) => StoredV::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+        })
+    }
+
+    pub fn input(&self) -> VInput<'_> {
+        match self {
+            StoredV::Quant(q) => VInput::Quant(q),
+            StoredV::F32(v) => VInput::F32(v),
+            StoredV::F16(v) => VInput::F16(v),
+            StoredV::Bf16(v) => VInput::Bf16(v),
         }
-        (None, FloatFormat::Bf16) => {
-            hb16 = v.iter().map(|&x| bf16::from_f32(x)).collect();
-            VInput::Bf16(&hb16)
-        }
-    };
-    let fmt = match (&plan.g, st.g) {
+    }
+}
+
+/// The format a layer stores G in.
+pub fn g_format(layer: &Layer) -> GFormat {
+    match (&layer.plan.g, layer.storage.g) {
         (Some(g), _) => GFormat::Quant(g.clone()),
         (None, FloatFormat::F32) => GFormat::C64,
         (None, FloatFormat::F16) => GFormat::Cf16,
         (None, FloatFormat::Bf16) => GFormat::Cbf16,
-    };
+    }
+}
+
+/// Runs a layer on f32 potentials as its model stores it: v quantized or rounded to its float
+/// format, G stored in its format. H0 is what the layer's problem holds (its decoded values).
+pub fn run_layer(backend: &dyn Backend, layer: &Layer, v: &[f32], opts: &SolveOptions) -> Result<PtqRun> {
+    let p = &layer.problem;
+    layer.plan.validate(p.n())?;
+    let stored = StoredV::new(layer, v)?;
+    let input = stored.input();
+    let fmt = g_format(layer);
     let v_bytes = input.stored_bytes();
     let s = backend.solve(p, input, &fmt, opts)?;
     let g_bytes = s.g.stored_bytes();

@@ -5,17 +5,16 @@
 use crate::common::{bytes, print_layer_report, ExecArgs, ProblemArgs};
 use crate::plot::{self, Point, Series};
 use anyhow::{bail, Context, Result};
-use bk_infer::backend::{Backend, GFormat, GOutput, SolveOptions, VInput};
+use bk_infer::backend::{Backend, GOutput, SolveOptions, VInput};
 use bk_infer::mixed;
 use bk_infer::precision::{FloatFormat, Storage};
 use bk_infer::Layer;
-use half::{bf16, f16};
 use bk_infer::plan::QuantPlan;
 use bk_infer::quant::calibrate::{CalibrationConfig, Calibrator, Method};
 use bk_infer::quant::Bits;
 use bk_infer::report::{self, LayerReport};
 use bk_infer::workload::{Potential, SeedWorkload};
-use bk_infer::{ptq, reference, Problem};
+use bk_infer::{reference, Problem};
 use indicatif::{ProgressBar, ProgressStyle};
 use num_complex::Complex64;
 use std::fmt::Write as _;
@@ -224,27 +223,10 @@ fn run_config(
 /// Median seconds of one backend call on the layer's stored input (preparing the input, i.e.
 /// quantizing or rounding v, is not included).
 fn time_backend(backend: &dyn Backend, layer: &Layer, v: &[f32], opts: &SolveOptions, reps: usize) -> Result<f64> {
-    let (p, plan, st) = (&layer.problem, &layer.plan, &layer.storage);
-    let q = ptq::quantize_v(p, plan, v)?;
-    let (h16, hb16): (Vec<f16>, Vec<bf16>);
-    let input = match (&q, st.v) {
-        (Some(q), _) => VInput::Quant(q),
-        (None, FloatFormat::F32) => VInput::F32(v),
-        (None, FloatFormat::F16) => {
-            h16 = v.iter().map(|&x| f16::from_f32(x)).collect();
-            VInput::F16(&h16)
-        }
-        (None, FloatFormat::Bf16) => {
-            hb16 = v.iter().map(|&x| bf16::from_f32(x)).collect();
-            VInput::Bf16(&hb16)
-        }
-    };
-    let fmt = match (&plan.g, st.g) {
-        (Some(g), _) => GFormat::Quant(g.clone()),
-        (None, FloatFormat::F32) => GFormat::C64,
-        (None, FloatFormat::F16) => GFormat::Cf16,
-        (None, FloatFormat::Bf16) => GFormat::Cbf16,
-    };
+    let p = &layer.problem;
+    let stored = mixed::StoredV::new(layer, v)?;
+    let input = stored.input();
+    let fmt = mixed::g_format(layer);
     let mut out = GOutput::alloc(&fmt, v.len() / p.n(), p.n())?;
     let mut times = Vec::with_capacity(reps.max(1));
     for _ in 0..reps.max(1) {

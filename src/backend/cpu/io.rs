@@ -1,0 +1,168 @@
+//! The per-tile I/O of the CPU backend: rows of the input into lane blocks (dequantizing and
+//! applying the NaN policy) and complex G blocks back to rows, with what the checks need.
+
+use super::store::Chunk;
+use super::{finite, Ctx};
+use crate::backend::lanes::{Real, TileIo};
+use crate::backend::VInput;
+use crate::error::{BkError, Result};
+use crate::problem::NanPolicy;
+use crate::quant::tensor::row_params;
+use crate::quant::{codec, Bits};
+use num_complex::Complex64;
+
+/// The I/O of one tile: reads rows of the input into lane blocks (dequantizing, applying the
+/// NaN policy) and writes complex G blocks back to rows, keeping what the checks need.
+pub(super) struct Io<'c, 'o, T, const L: usize> {
+    ctx: &'c Ctx<'c>,
+    r0: usize,
+    live: usize,
+    /// Source row of each lane (padding lanes repeat the last live row, so they behave like
+    /// real data).
+    rows: [usize; L],
+    chunk: &'c mut Chunk<'o>,
+    /// Σ (x − x) over G per lane: 0 while every value is finite.
+    bad_out: [T; L],
+    vmax: [T; L],
+    first_bad: Option<(usize, usize, f64)>,
+}
+
+impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
+    #[inline(always)]
+    pub(super) fn new(ctx: &'c Ctx<'c>, r0: usize, live: usize, chunk: &'c mut Chunk<'o>) -> Self {
+        Io {
+            ctx,
+            r0,
+            live,
+            rows: std::array::from_fn(|l| r0 + l.min(live - 1)),
+            chunk,
+            bad_out: [T::ZERO; L],
+            vmax: [T::ZERO; L],
+            first_bad: None,
+        }
+    }
+
+    /// max |v| over the live lanes and the live lanes whose G is not finite; or the NaN-policy
+    /// error for the first non-finite potential.
+    #[inline(always)]
+    pub(super) fn finish(self) -> Result<(f64, Vec<usize>)> {
+        if self.ctx.stream {
+            crate::backend::transpose::store_fence();
+        }
+        if let Some((row, pos, value)) = self.first_bad {
+            return Err(BkError::NonFinite { tensor: "v".into(), row, pos, value });
+        }
+        let vmax = self.vmax[..self.live].iter().fold(0f64, |m, x| m.max(x.to_f64()));
+        Ok((vmax, (0..self.live).filter(|&l| self.bad_out[l] != T::ZERO).collect()))
+    }
+
+    /// Applies the NaN policy to a block holding a non-finite value (the rare path).
+    #[cold]
+    fn non_finite(&mut self, i0: usize, v: &mut [[T; L]]) {
+        match self.ctx.policy {
+            NanPolicy::Propagate => {}
+            NanPolicy::Zero => v.iter_mut().flat_map(|lane| lane.iter_mut()).for_each(|x| {
+                if !finite(*x) {
+                    *x = T::ZERO;
+                }
+            }),
+            NanPolicy::Error => {
+                for (ii, lane) in v.iter().enumerate() {
+                    if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
+                        let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
+                        // Report the earliest row, then the earliest position in it.
+                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
+                            self.first_bad = Some(here);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn fill_with(v: &mut [[T; L]], i0: usize, get: impl Fn(usize, usize) -> T) {
+        for l in 0..L {
+            for (ii, lane) in v.iter_mut().enumerate() {
+                lane[l] = get(l, i0 + ii);
+            }
+        }
+    }
+}
+
+impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
+    #[inline(always)]
+    fn fill(&mut self, i0: usize, v: &mut [[T; L]]) {
+        let n = self.ctx.n;
+        let rows = &self.rows;
+        match self.ctx.v {
+            VInput::F32(x) => {
+                let src: [&[f32]; L] = std::array::from_fn(|l| &x[rows[l] * n..(rows[l] + 1) * n]);
+                if !T::fill_block_f32(&src, i0, v) {
+                    Self::fill_with(v, i0, |l, i| T::from_f32(src[l][i]));
+                }
+            }
+            VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
+            VInput::F16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
+            VInput::Bf16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
+            VInput::Quant(q) => {
+                let spec = *q.spec();
+                let g = spec.group_size;
+                let codes: [&[u8]; L] = std::array::from_fn(|l| q.row_codes(rows[l]));
+                let params: [(&[f32], Option<&[i16]>); L] = std::array::from_fn(|l| row_params(&spec, q.params(), rows[l], n));
+                let param = |l: usize, i: usize| {
+                    let (scale, zero) = params[l];
+                    (scale[i / g], zero.map_or(0, |z| z[i / g] as i32))
+                };
+                match spec.bits {
+                    Bits::Int8 => Self::fill_with(v, i0, |l, i| {
+                        let (s, z) = param(l, i);
+                        T::from_f32(codec::dequantize(codes[l][i] as i8 as i32, s, z))
+                    }),
+                    Bits::Int4 => Self::fill_with(v, i0, |l, i| {
+                        let (s, z) = param(l, i);
+                        T::from_f32(codec::dequantize(codec::int4_at(codes[l], i) as i32, s, z))
+                    }),
+                }
+            }
+        }
+        // Finiteness, vectorised over lanes.
+        let mut bad = [T::ZERO; L];
+        for lane in v.iter() {
+            for l in 0..L {
+                bad[l] = bad[l] + (lane[l] - lane[l]);
+            }
+        }
+        if bad[..self.live].iter().any(|b| *b != T::ZERO) {
+            self.non_finite(i0, v);
+        }
+        // Magnitude, after the policy replaced what it replaces.
+        for lane in v.iter() {
+            for l in 0..L {
+                let a = if lane[l] < T::ZERO { -lane[l] } else { lane[l] };
+                self.vmax[l] = if a > self.vmax[l] { a } else { self.vmax[l] };
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn drain(&mut self, i0: usize, re: &[[T; L]], im: &[[T; L]]) {
+        let (n, live) = (self.ctx.n, self.live);
+        match &mut *self.chunk {
+            Chunk::C64(_) => {} // stored after the tile, rows front to back (see store_unfused)
+            Chunk::C128(out) => {
+                for l in 0..live {
+                    for ii in 0..re.len() {
+                        out[l * n + i0 + ii] = Complex64::new(re[ii][l].to_f64(), im[ii][l].to_f64());
+                    }
+                }
+            }
+            Chunk::Quant(..) | Chunk::Cf16(_) | Chunk::Cbf16(_) => {} // stored after the tile (store_unfused)
+        }
+        for (r, m) in re.iter().zip(im) {
+            for l in 0..L {
+                self.bad_out[l] = self.bad_out[l] + (r[l] - r[l]) + (m[l] - m[l]);
+            }
+        }
+    }
+}
