@@ -16,7 +16,6 @@ use bk_infer::workload::Rng;
 use bk_infer::{reference, stats, CpuBackend, Problem};
 use num_complex::{Complex32, Complex64};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// The compiled driver, or the reason there is none.
@@ -147,18 +146,9 @@ fn emulate_with(
         stage_in_shared: geom.stage_in_shared as u32,
         reserved: 0,
     };
-    let dir = std::env::temp_dir();
-    let tag = format!("{}-{:x}", std::process::id(), Rng::new(rows as u64 ^ (n as u64) << 20).next_u64());
-    let (fin, fout) = (dir.join(format!("bk-emu-{tag}.in")), dir.join(format!("bk-emu-{tag}.out")));
-    let mut file = bytemuck::bytes_of(&params).to_vec();
-    file.extend_from_slice(&grid.to_le_bytes());
-    file.extend_from_slice(&(a.bytes.len() as u64).to_le_bytes());
-    file.extend_from_slice(&a.bytes);
-    std::fs::write(&fin, file).unwrap();
-    let st = Command::new(driver().unwrap()).arg(&fin).arg(&fout).status().unwrap();
-    assert!(st.success(), "emulator exited with {st}");
-    a.bytes = std::fs::read(&fout).unwrap();
-    let _ = (std::fs::remove_file(&fin), std::fs::remove_file(&fout));
+    let mut head = bytemuck::bytes_of(&params).to_vec();
+    head.extend_from_slice(&grid.to_le_bytes());
+    a.bytes = common::emu_launch(driver().unwrap(), &head, &a.bytes, "bk-emu-launch");
 
     let status: Vec<u32> = pods(a.get(status, rows * 4));
     let g = match out {

@@ -16,7 +16,6 @@ use bk_infer::workload::Rng;
 use bk_infer::Problem;
 use num_complex::Complex64;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// The compiled emulator driver, or the reason there is none.
@@ -41,7 +40,6 @@ struct EmuDev {
     free: usize,
     /// Corrupts every backward launch's parameters (to check that the kernel rejects them).
     corrupt: Option<fn(&mut BkVjpParams)>,
-    launches: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -52,26 +50,16 @@ struct Region {
 
 impl EmuDev {
     fn new() -> Self {
-        EmuDev { arena: vec![], free: 1 << 30, corrupt: None, launches: 0 }
+        EmuDev { arena: vec![], free: 1 << 30, corrupt: None }
     }
 
     fn launch(&mut self, kind: u32, params: &[u8], grid: (u32, u32)) -> bk_infer::Result<()> {
-        let dir = std::env::temp_dir();
-        let tag = format!("{}-{:?}-{}", std::process::id(), std::thread::current().id(), self.launches);
-        self.launches += 1;
-        let (fin, fout) = (dir.join(format!("bk-vjp-{tag}.in")), dir.join(format!("bk-vjp-{tag}.out")));
-        let mut file = kind.to_le_bytes().to_vec();
-        file.extend_from_slice(params);
+        let mut head = kind.to_le_bytes().to_vec();
+        head.extend_from_slice(params);
         for x in [grid.0, grid.1, VJP_THREADS] {
-            file.extend_from_slice(&x.to_le_bytes());
+            head.extend_from_slice(&x.to_le_bytes());
         }
-        file.extend_from_slice(&(self.arena.len() as u64).to_le_bytes());
-        file.extend_from_slice(&self.arena);
-        std::fs::write(&fin, file).unwrap();
-        let st = Command::new(driver().unwrap()).arg(&fin).arg(&fout).status().unwrap();
-        assert!(st.success(), "emulator exited with {st}");
-        self.arena = std::fs::read(&fout).unwrap();
-        let _ = (std::fs::remove_file(&fin), std::fs::remove_file(&fout));
+        self.arena = common::emu_launch(driver().unwrap(), &head, &self.arena, "bk-vjp-emu-launch");
         Ok(())
     }
 }

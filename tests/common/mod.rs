@@ -7,6 +7,24 @@ use num_complex::Complex64;
 
 pub mod vjp;
 
+/// One emulated launch: writes `head` (the launch description the driver reads first), the
+/// arena's length and the arena to a file, runs `driver` on it and returns the arena as the
+/// kernel left it. `tag` makes the file names unique among concurrent tests.
+pub fn emu_launch(driver: &std::path::Path, head: &[u8], arena: &[u8], tag: &str) -> Vec<u8> {
+    let dir = std::env::temp_dir();
+    let tag = format!("{tag}-{}-{:?}", std::process::id(), std::thread::current().id());
+    let (fin, fout) = (dir.join(format!("{tag}.in")), dir.join(format!("{tag}.out")));
+    let mut file = head.to_vec();
+    file.extend_from_slice(&(arena.len() as u64).to_le_bytes());
+    file.extend_from_slice(arena);
+    std::fs::write(&fin, file).unwrap();
+    let st = std::process::Command::new(driver).arg(&fin).arg(&fout).status().unwrap();
+    assert!(st.success(), "emulator exited with {st}");
+    let out = std::fs::read(&fout).unwrap();
+    let _ = (std::fs::remove_file(&fin), std::fs::remove_file(&fout));
+    out
+}
+
 /// The kernel emulator `source` (tests/emu/*.cpp: kernels/ compiled for the CPU with the system
 /// C++ compiler, `CXX` or c++), compiled once per test process into `cell`; Err says why there
 /// is none (no compiler). A compiler that fails on the source fails the test.
