@@ -71,7 +71,7 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
                     if let Some(l) = (0..self.live).find(|&l| !finite(lane[l])) {
                         let here = (self.r0 + l, i0 + ii, lane[l].to_f64());
                         // Report the earliest row, then the earliest position in it.
-                        if self.first_bad.is_none_or(|(r, p, _)| (here.0, here.1) < (r, p)) {
+                        if self.first_bad.map_or(true, |(r, p, _)| (here.0, here.1) < (r, p)) {
                             self.first_bad = Some(here);
                         }
                     }
