@@ -126,7 +126,7 @@ typedef struct bk_solve_params {
     uint32_t threads;    /* must equal blockDim.x */
     uint32_t nan_policy; /* BK_NAN_* for dequantized potentials */
     uint32_t stage_in_shared; /* 1: dynamic output staged in dynamic shared memory (n * 8 bytes) */
-    uint32_t reserved;
+    uint32_t scan64;     /* 1: f32 compute with the chunk matrices and scan in f64 (the _s64 kernels) */
 } bk_solve_params_t;
 
 BK_STATIC_ASSERT(sizeof(bk_solve_params_t) == 296, "bk_solve_params_t layout changed: update src/layout.rs");

@@ -19,6 +19,11 @@
  * 0..S-2 (keeping only each chunk's entering coupling a_in, in global scratch) and a backward
  * sweep S-1..0 that reads the potentials again.
  *
+ * Near the real axis (|Im z| < 0.1) the f32 kernels come in a second form, `_s64`: chunk matrices,
+ * scan and carries in f64, reruns in f32. Each chunk then starts from its pivot rounded once to
+ * f32 instead of one carried through a product of f32 matrices, which is what made the plain f32
+ * form up to ~2x less accurate than the CPU's sequential f32 there (tests/gpu.rs, near the axis).
+ *
  * Exactness: every operation of the recursion uses explicitly rounded intrinsics (__fadd_rn, ...),
  * so nvcc cannot contract differently in different instantiations: the same row gives the same
  * bits whatever the output format, block position or batch split. No atomics; every output
@@ -49,6 +54,10 @@ __device__ __forceinline__ double fma_(double a, double b, double c) { return __
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(double x) { return __double2float_rn(x); }
+/* The scan type's value in the rerun type T (rounded to nearest; exact when S is T). */
+template <class T> __device__ __forceinline__ T narrow(float x) { return (T)x; }
+template <class T> __device__ __forceinline__ T narrow(double x) { return (T)to_f32(x); }
+template <> __device__ __forceinline__ double narrow<double>(double x) { return x; }
 
 template <class T> struct Cx { T re, im; };
 /* [[a, b], [c, d]] */
@@ -404,33 +413,43 @@ template <class T, int CHUNK> struct Row {
         }
     }
 
-    __device__ __forceinline__ M2<T> fwd_matrix(uint32_t i0, const T (&d)[CHUNK]) const
+    /* The chunk's transfer matrices in the scan type S (T values widen exactly). */
+    template <class S> __device__ __forceinline__ M2<S> fwd_matrix(uint32_t i0, const T (&d)[CHUNK]) const
     {
-        M2<T> f = identity<T>();
+        M2<S> f = identity<S>();
 #pragma unroll
         for (int m = 0; m < CHUNK; m++) {
             uint32_t i = i0 + (uint32_t)m;
-            if (i < n) step(f, cx<T>(d[m], d_im), i > 0 ? __ldg(k + i - 1) : T(0));
+            if (i < n) step(f, cx<S>((S)d[m], (S)d_im), (S)(i > 0 ? __ldg(k + i - 1) : T(0)));
         }
         return f;
     }
 
-    __device__ __forceinline__ M2<T> bwd_matrix(uint32_t i0, const T (&d)[CHUNK]) const
+    template <class S> __device__ __forceinline__ M2<S> bwd_matrix(uint32_t i0, const T (&d)[CHUNK]) const
     {
-        M2<T> b = identity<T>();
+        M2<S> b = identity<S>();
 #pragma unroll
         for (int m = CHUNK - 1; m >= 0; m--) {
             uint32_t i = i0 + (uint32_t)m;
-            if (i < n) step(b, cx<T>(d[m], d_im), kk(i));
+            if (i < n) step(b, cx<S>((S)d[m], (S)d_im), (S)kk(i));
         }
         return b;
     }
+
+    /* The coupling k * q / p passed on by projective pivot `s`, in the rerun type. */
+    template <class S> __device__ __forceinline__ Cx<T> enter(uint32_t kidx, const V2<S> &s) const
+    {
+        Cx<S> c = coupling((S)__ldg(k + kidx), s);
+        return cx<T>(narrow<T>(c.re), narrow<T>(c.im));
+    }
 };
 
-template <class T, class Load, class Store, int CHUNK>
+/* T: arithmetic of the reruns (and of the G written); S: of the chunk matrices, scans and carries
+ * (T, or double for the _s64 kernels). */
+template <class T, class S, class Load, class Store, int CHUNK>
 __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
 {
-    __shared__ ScanSmem<T> sm;
+    __shared__ ScanSmem<S> sm;
     BK_DYNAMIC_SHARED(float2, stage_smem);
 
     const unsigned tid = threadIdx.x, nt = blockDim.x;
@@ -440,6 +459,7 @@ __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
 
     bool ok = nt == p.threads && nt % 32 == 0 && nt <= BK_MAX_THREADS && p.chunk == (uint32_t)CHUNK
               && p.in_format == Load::FMT && p.out_format == Store::FMT && p.compute == ComputeFmt<T>::FMT
+              && p.scan64 == (uint32_t)(sizeof(S) > sizeof(T))
               && n > 0 && (!p.stage_in_shared || n <= BK_STAGE_SHARED_MAX_N);
     if (!ok) {
         for (uint32_t j = blockIdx.x; j < p.rows; j += gridDim.x)
@@ -456,9 +476,9 @@ __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
     for (uint32_t j = blockIdx.x; j < p.rows; j += gridDim.x) {
         Row<T, CHUNK> r{p, row_index ? (size_t)row_index[j] : (size_t)j, n, (const T *)p.c, (const T *)p.c_lo,
                         (const T *)p.k, (T)p.d_im, 0u};
-        V2<T> carry_f, carry_b;
-        carry_f.p = cx<T>(T(1), T(0));
-        carry_f.q = cx<T>(T(0), T(0));
+        V2<S> carry_f, carry_b;
+        carry_f.p = cx<S>(S(1), S(0));
+        carry_f.q = cx<S>(S(0), S(0));
         carry_b = carry_f;
 
         /* Forward sweep over all tiles but the last: only each chunk's entering coupling is kept. */
@@ -466,8 +486,8 @@ __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
             uint32_t i0 = t * tile + tid * (uint32_t)CHUNK;
             T d[CHUNK];
             r.template load<Load>(i0, d);
-            V2<T> s = block_scan<true>(r.fwd_matrix(i0, d), carry_f, sm);
-            ain[t * nt + tid] = i0 > 0 && i0 < n ? coupling(__ldg(r.k + i0 - 1), s) : cx<T>(T(0), T(0));
+            V2<S> s = block_scan<true>(r.template fwd_matrix<S>(i0, d), carry_f, sm);
+            ain[t * nt + tid] = i0 > 0 && i0 < n ? r.enter(i0 - 1, s) : cx<T>(T(0), T(0));
         }
 
         /* Backward sweep; the last tile also finishes the forward scan. */
@@ -477,14 +497,14 @@ __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
             r.template load<Load>(i0, d);
             Cx<T> a_in;
             if (t + 1 == tiles) {
-                V2<T> s = block_scan<true>(r.fwd_matrix(i0, d), carry_f, sm);
-                a_in = i0 > 0 && i0 < n ? coupling(__ldg(r.k + i0 - 1), s) : cx<T>(T(0), T(0));
+                V2<S> s = block_scan<true>(r.template fwd_matrix<S>(i0, d), carry_f, sm);
+                a_in = i0 > 0 && i0 < n ? r.enter(i0 - 1, s) : cx<T>(T(0), T(0));
             } else {
                 a_in = ain[t * nt + tid];
             }
-            V2<T> sb = block_scan<false>(r.bwd_matrix(i0, d), carry_b, sm);
+            V2<S> sb = block_scan<false>(r.template bwd_matrix<S>(i0, d), carry_b, sm);
             uint32_t i1 = i0 + (uint32_t)CHUNK; /* first position after the chunk */
-            Cx<T> b = i1 < n ? coupling(__ldg(r.k + i1 - 1), sb) : cx<T>(T(0), T(0));
+            Cx<T> b = i1 < n ? r.enter(i1 - 1, sb) : cx<T>(T(0), T(0));
             if (i0 >= n) continue; /* no positions here; the scans above needed this thread */
 
             /* Forward rerun: a[m] = a_{i0+m}. */
@@ -566,20 +586,21 @@ __device__ __forceinline__ void solve_rows(const bk_solve_params_t &p)
 
 } /* namespace bk */
 
-/* One extern "C" entry point per (input, output, compute). Names: bk_solve_{in}_{out}[_f64]; the
- * Rust side builds them with backend::cuda::kernel_name. */
-#define BK_SOLVE_KERNEL(NAME, T, LOAD, STORE, CHUNK)                                               \
+/* One extern "C" entry point per (input, output, arithmetic). Names: bk_solve_{in}_{out}[_f64|_s64];
+ * the Rust side builds them with backend::cuda::kernel_name. */
+#define BK_SOLVE_KERNEL(NAME, T, S, LOAD, STORE, CHUNK)                                            \
     extern "C" __global__ void __launch_bounds__(BK_MAX_THREADS) NAME(const __grid_constant__ bk_solve_params_t p) \
     {                                                                                               \
-        bk::solve_rows<T, LOAD, STORE, CHUNK>(p);                                                   \
+        bk::solve_rows<T, S, LOAD, STORE, CHUNK>(p);                                                \
     }
 
+#define BK_SOLVE_KERNELS_FOR_OUTPUT(IN, LOAD, OUT, STORE)                                          \
+    BK_SOLVE_KERNEL(bk_solve_##IN##_##OUT, float, float, LOAD, STORE, BK_CHUNK_F32)                 \
+    BK_SOLVE_KERNEL(bk_solve_##IN##_##OUT##_s64, float, double, LOAD, STORE, BK_CHUNK_F32)          \
+    BK_SOLVE_KERNEL(bk_solve_##IN##_##OUT##_f64, double, double, LOAD, STORE, BK_CHUNK_F64)
+
 #define BK_SOLVE_KERNELS_FOR_INPUT(IN, LOAD)                                                        \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_c64, float, LOAD, bk::StoreC64, BK_CHUNK_F32)                   \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_c128, float, LOAD, bk::StoreC128, BK_CHUNK_F32)                 \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_int8, float, LOAD, bk::StoreQ<BK_FMT_INT8>, BK_CHUNK_F32)       \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_int4, float, LOAD, bk::StoreQ<BK_FMT_INT4>, BK_CHUNK_F32)       \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_c64_f64, double, LOAD, bk::StoreC64, BK_CHUNK_F64)              \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_c128_f64, double, LOAD, bk::StoreC128, BK_CHUNK_F64)            \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_int8_f64, double, LOAD, bk::StoreQ<BK_FMT_INT8>, BK_CHUNK_F64)  \
-    BK_SOLVE_KERNEL(bk_solve_##IN##_int4_f64, double, LOAD, bk::StoreQ<BK_FMT_INT4>, BK_CHUNK_F64)
+    BK_SOLVE_KERNELS_FOR_OUTPUT(IN, LOAD, c64, bk::StoreC64)                                        \
+    BK_SOLVE_KERNELS_FOR_OUTPUT(IN, LOAD, c128, bk::StoreC128)                                      \
+    BK_SOLVE_KERNELS_FOR_OUTPUT(IN, LOAD, int8, bk::StoreQ<BK_FMT_INT8>)                            \
+    BK_SOLVE_KERNELS_FOR_OUTPUT(IN, LOAD, int4, bk::StoreQ<BK_FMT_INT4>)

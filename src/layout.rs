@@ -79,7 +79,7 @@ pub struct BkSolveParams {
     pub threads: u32,
     pub nan_policy: u32,
     pub stage_in_shared: u32,
-    pub reserved: u32,
+    pub scan64: u32,
 }
 
 /// Per-row status flags the kernels write (`BK_STATUS_*`).
@@ -147,7 +147,7 @@ pub const FIELDS: &[(&str, usize)] = &[
     ("offsetof(bk_solve_params_t, threads)", offset_of!(BkSolveParams, threads)),
     ("offsetof(bk_solve_params_t, nan_policy)", offset_of!(BkSolveParams, nan_policy)),
     ("offsetof(bk_solve_params_t, stage_in_shared)", offset_of!(BkSolveParams, stage_in_shared)),
-    ("offsetof(bk_solve_params_t, reserved)", offset_of!(BkSolveParams, reserved)),
+    ("offsetof(bk_solve_params_t, scan64)", offset_of!(BkSolveParams, scan64)),
 ];
 
 /// (C expression, value) pairs for the constants shared with the header.

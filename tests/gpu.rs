@@ -590,11 +590,19 @@ mod cuda {
         let core = bk_infer::qat::QatCore::from_plan(p.clone(), &cal.end().unwrap().plan).unwrap();
         let o = opts(Compute::F32);
         let (fg, fc) = (core.forward(&g, &v, &o).unwrap(), core.forward(&cpu, &v, &o).unwrap());
-        assert_eq!(fg.g, fc.g, "forward");
+        // The raw G agree within f32 rounding (the GPU's parallel form rounds differently), not
+        // bit for bit, so an element may fake-quantize one step apart; the backward passes are
+        // compared on the GPU's forward, where they must agree exactly.
+        let raw = |f: &bk_infer::qat::Forward| -> Vec<num_complex::Complex64> {
+            let (re, im) = f.g_raw();
+            re.iter().zip(im).map(|(&r, &i)| num_complex::Complex64::new(r as f64, i as f64)).collect()
+        };
+        let e = stats::rel_l2(&raw(&fg), &raw(&fc));
+        assert!(e <= tol::GPU_VS_CPU, "forward: raw G differs from the CPU's by {e:.3e}");
         let gb: Vec<Complex32> = (0..rows * n).map(|_| Complex32::new(rng.normal() as f32, rng.normal() as f32)).collect();
-        let (bg, bc) = (core.backward(&g, &fg, &gb, &o).unwrap(), core.backward(&cpu, &fc, &gb, &o).unwrap());
+        let (bg, bc) = (core.backward(&g, &fg, &gb, &o).unwrap(), core.backward(&cpu, &fg, &gb, &o).unwrap());
         assert_eq!(bg.v, bc.v, "dL/dv");
-        // Parameter gradients: sums of the same terms (in an order rayon picks): within rounding.
+        // Parameter gradients: sums of the same terms (in an order rayon picks): within f64 rounding.
         let close = |a: &bk_infer::qat::QuantGrad, b: &bk_infer::qat::QuantGrad, what: &str| {
             let e = common::vjp::rel(&a.scale, &b.scale);
             assert!(e < 1e-12, "{what}: scale gradients differ by {e:.2e}");

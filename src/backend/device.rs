@@ -38,6 +38,34 @@ impl Mode {
     }
 }
 
+/// Below this |Im z| the f32 kernels run their chunk scan in f64 ([`Arith::F32Scan64`]).
+pub const SCAN64_BELOW_IM_Z: f64 = 0.1;
+
+/// Arithmetic of one kernel launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    F32,
+    /// f32 reruns (and stores) with the chunk matrices, scan and carries in f64: the f32 kernels'
+    /// form near the real axis, where a pivot carried through a product of f32 matrices loses
+    /// more than the CPU's sequential f32 recursion does.
+    F32Scan64,
+    F64,
+}
+
+impl Arith {
+    /// The kernel arithmetic for problem `p` in compute type f64 or f32 (a function of the
+    /// problem alone, so a row's result never depends on the batch it came in).
+    pub fn for_problem(p: &Problem, f64: bool) -> Arith {
+        if f64 {
+            Arith::F64
+        } else if p.z().im.abs() < SCAN64_BELOW_IM_Z {
+            Arith::F32Scan64
+        } else {
+            Arith::F32
+        }
+    }
+}
+
 /// The potentials as the host holds them after the NaN policy.
 pub(crate) enum HostV<'a> {
     F32(Cow<'a, [f32]>),

@@ -7,6 +7,7 @@ pub use cpu::CpuBackend;
 pub mod cuda;
 pub mod geometry;
 pub(crate) mod device;
+pub use device::{Arith, SCAN64_BELOW_IM_Z};
 pub(crate) mod lanes;
 mod transpose;
 

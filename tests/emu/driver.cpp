@@ -16,7 +16,7 @@ static void reloc(uint64_t &p, uint8_t *base)
     if (p) p = (uint64_t)(uintptr_t)(base + (p - 1));
 }
 
-template <class T, class Load, class Store, int CHUNK>
+template <class T, class S, class Load, class Store, int CHUNK>
 static void launch(const bk_solve_params_t &p, unsigned grid)
 {
     unsigned nt = p.threads;
@@ -34,7 +34,7 @@ static void launch(const bk_solve_params_t &p, unsigned grid)
             ts.emplace_back([&, t, b] {
                 threadIdx.x = t;
                 blockIdx.x = b;
-                bk::solve_rows<T, Load, Store, CHUNK>(p);
+                bk::solve_rows<T, S, Load, Store, CHUNK>(p);
             });
         for (auto &t : ts) t.join();
     }
@@ -45,8 +45,9 @@ template <class Load> static bool by_output(const bk_solve_params_t &p, unsigned
     bool f64 = p.compute == BK_FMT_F64;
 #define BK_EMU_OUT(FMT, STORE)                                                                     \
     if (p.out_format == FMT) {                                                                     \
-        if (f64) launch<double, Load, STORE, BK_CHUNK_F64>(p, grid);                               \
-        else launch<float, Load, STORE, BK_CHUNK_F32>(p, grid);                                    \
+        if (f64) launch<double, double, Load, STORE, BK_CHUNK_F64>(p, grid);                       \
+        else if (p.scan64) launch<float, double, Load, STORE, BK_CHUNK_F32>(p, grid);              \
+        else launch<float, float, Load, STORE, BK_CHUNK_F32>(p, grid);                             \
         return true;                                                                               \
     }
     BK_EMU_OUT(BK_FMT_C64, bk::StoreC64)

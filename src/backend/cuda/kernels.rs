@@ -1,6 +1,7 @@
 //! The embedded kernels: fatbins built by build.rs, the names of their entry points, and loading
 //! them into a device once.
 
+use crate::backend::Arith;
 use crate::error::{BkError, Result};
 use crate::layout::{FMT_C128, FMT_C64, FMT_F32, FMT_F64, FMT_INT4, FMT_INT8};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
@@ -30,10 +31,14 @@ fn fmt_name(fmt: u32) -> &'static str {
     }
 }
 
-/// The entry point for (input format, output format, compute type): `bk_solve_{in}_{out}` for
-/// f32 arithmetic, with `_f64` appended for f64 arithmetic. The one place names are built.
-pub fn kernel_name(input: u32, output: u32, compute_f64: bool) -> String {
-    let suffix = if compute_f64 { "_f64" } else { "" };
+/// The entry point for (input format, output format, arithmetic): `bk_solve_{in}_{out}` for f32,
+/// `_s64` appended for f32 with the scan in f64, `_f64` for f64. The one place names are built.
+pub fn kernel_name(input: u32, output: u32, arith: Arith) -> String {
+    let suffix = match arith {
+        Arith::F32 => "",
+        Arith::F32Scan64 => "_s64",
+        Arith::F64 => "_f64",
+    };
     format!("bk_solve_{}_{}{suffix}", fmt_name(input), fmt_name(output))
 }
 
@@ -43,13 +48,25 @@ pub fn all_kernel_names() -> Vec<String> {
     let mut v = vec![];
     for i in INPUTS {
         for o in OUTPUTS {
-            for f64 in [false, true] {
-                v.push(kernel_name(i, o, f64));
+            for a in [Arith::F32, Arith::F32Scan64, Arith::F64] {
+                v.push(kernel_name(i, o, a));
             }
         }
     }
     v.extend(crate::grad::gpu::VJP_KERNELS.iter().map(|s| s.to_string()));
     v
+}
+
+/// Index in [`FATBINS`] of the module holding entry point `name`: the fatbin of
+/// `kernels/{stem}.cu` holds the entry points named `{stem}` and `{stem}_...` (the longest such
+/// stem).
+fn module_of(name: &str) -> Option<usize> {
+    FATBINS
+        .iter()
+        .enumerate()
+        .filter(|(_, (stem, _))| name.strip_prefix(stem).is_some_and(|rest| rest.is_empty() || rest.starts_with('_')))
+        .max_by_key(|(_, (stem, _))| stem.len())
+        .map(|(i, _)| i)
 }
 
 /// The modules and functions loaded into one device's context.
@@ -72,7 +89,9 @@ impl Loaded {
         }
         let mut functions = HashMap::new();
         for name in all_kernel_names() {
-            let f = modules.iter().find_map(|m| m.load_function(&name).ok()).ok_or_else(|| {
+            // Looked up in its own module only: probing the others would be a failed driver call
+            // per miss, which compute-sanitizer reports as an error.
+            let f = module_of(&name).and_then(|i| modules[i].load_function(&name).ok()).ok_or_else(|| {
                 BkError::Cuda(format!("kernel `{name}` is not in the embedded modules ({} fatbins)", FATBINS.len()))
             })?;
             functions.insert(name, f);

@@ -53,6 +53,15 @@ impl DevBuf {
         cu(stream.memcpy_dtoh(&view, dst), || format!("downloading {what} ({} bytes)", dst.len()))
     }
 
+    /// Copies all of `src` to the start of this buffer, on the device.
+    pub fn copy_from(&mut self, stream: &Arc<CudaStream>, src: &DevBuf, what: &str) -> Result<()> {
+        if src.len > self.len {
+            return Err(BkError::Cuda(format!("{what}: {} bytes do not fit a {}-byte buffer", src.len, self.len)));
+        }
+        let mut view = self.buf.slice_mut(0..src.len.max(1));
+        cu(stream.memcpy_dtod(&src.buf.slice(0..src.len.max(1)), &mut view), || format!("{what}: copying {} bytes", src.len))
+    }
+
     /// Sets the first `len` bytes to `value` (clearing status words; poisoning outputs in tests).
     pub fn fill(&mut self, stream: &Arc<CudaStream>, len: usize, value: u8, what: &str) -> Result<()> {
         let len = len.min(self.len);

@@ -206,6 +206,19 @@ impl Backend for CudaBackend {
         Ok(info)
     }
 
+    fn time_solves(&self, p: &Problem, inputs: &[VInput<'_>], fmt: &GFormat, opts: &SolveOptions, reps: usize) -> Result<Vec<f64>> {
+        let mut bufs = vec![Vec::new(); inputs.len()];
+        let wide: Vec<VInput<'_>> =
+            inputs.iter().zip(bufs.iter_mut()).map(|(v, b)| crate::backend::device::widen_half(*v, b)).collect();
+        let _one_call = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        run::time(&self.dev, &self.stream, p, &wide, fmt, opts, reps)
+    }
+
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let _one_call = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        run::copy_bandwidth(&self.dev, &self.stream, bytes)
+    }
+
     fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
         let mut last = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
         *last = None;
