@@ -81,10 +81,17 @@ step kernel-bench 90 bench.log ./gpu-bench
 step cli 60 cli.log bash -c "./bk-infer info && echo && ./bk-infer run --device cuda"
 step bk-bench 150 bk-bench.log ./bk-infer bench --device cuda $quick --json bench.json --csv bench.csv
 if command -v compute-sanitizer > /dev/null; then
-    for tool in memcheck racecheck synccheck; do
+    # memcheck and synccheck over two tests (every format, poisoned and chunked runs); racecheck
+    # (slow: it tracks every shared-memory access) over the multi-tile f64 kernels of one test
+    # and the f32 kernel at (1, 512) through the benchmark.
+    for tool in memcheck synccheck; do
         step "sanitizer-$tool" 45 "sanitizer-$tool.log" compute-sanitizer --tool $tool --error-exitcode 9 \
             ./gpu-tests --test-threads=1 poisoned_outputs_are_all_written quantized_outputs_are_the_host
     done
+    step sanitizer-racecheck 60 sanitizer-racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 \
+        ./gpu-tests --test-threads=1 singular_pivots_are_reported
+    step sanitizer-racecheck-f32 60 sanitizer-racecheck-f32.log compute-sanitizer --tool racecheck --error-exitcode 9 \
+        ./bk-infer bench --device cuda --quick --sets 1 --filter "1x512 f32"
 fi
 if command -v ncu > /dev/null; then
     for shape in "65536x512 f32 c64" "16x4096 f32 c64"; do
