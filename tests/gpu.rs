@@ -108,8 +108,8 @@ mod cuda {
         ComplexQuant { re: calibrate(s, &re, rows, n), im: calibrate(s, &im, rows, n) }
     }
 
-    /// (B, N) pairs: N = 1, primes, around warp/tile/group multiples, one tile (2048 f32 positions
-    /// per 256 threads) and many, a long row past 65536, and a batch of 65536 rows.
+    /// (B, N) pairs: N = 1, primes, around warp/tile/group multiples, one tile (2048 positions per
+    /// 256 threads) and many, a long row past 65536, and a batch of 65536 rows.
     const SHAPES: &[(usize, usize)] = &[
         (1, 1),
         (3, 1),
@@ -124,6 +124,7 @@ mod cuda {
         (2, 2047),
         (2, 2048),
         (2, 2049),
+        (2, 4096),
         (1, 4097),
         (2, 8191),
         (1, 65536),

@@ -216,10 +216,10 @@ fn emulated_kernels_match_the_oracle_and_the_cpu() {
     }
     let cpu = CpuBackend::new();
     let mut rng = Rng::new(91);
-    // One and several warps, one to three tiles (2048 positions per tile), N = 1, partial chunks and
+    // One and several warps, one to five tiles (2048 positions per tile), N = 1, partial chunks and
     // groups, dynamic outputs staged in shared memory and (N > 4096) in global scratch; grid caps
     // below the row count exercise the grid-stride loop and scratch.
-    for &(b, n, cap) in &[(3usize, 1usize, 8u32), (2, 7, 1), (4, 33, 2), (3, 300, 8), (2, 2049, 1), (1, 4200, 1)] {
+    for &(b, n, cap) in &[(3usize, 1usize, 8u32), (2, 7, 1), (4, 33, 2), (3, 300, 8), (2, 2049, 1), (1, 4200, 1), (1, 9000, 1)] {
         let p = common::random_problem(&mut rng, n, 0.1, 10.0);
         let v = common::normal_f32(&mut rng, b * n, 1.0);
         let exact = reference::solve_batch_f32(&p, &v).unwrap();
