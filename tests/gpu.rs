@@ -218,23 +218,18 @@ mod cuda {
     fn near_the_axis_no_worse_than_the_cpu_and_auto_is_f64() {
         let Some(g) = gpu() else { return };
         let cpu = CpuBackend::new();
-        let mut rng = Rng::new(32);
-        for &(b, n) in &[(16usize, 4096usize), (8, 512), (3, 20_000), (64, 100)] {
-            for im in [1e-3, 1e-2, 0.04] {
-                let p = Problem::new(common::random_h0(&mut rng, n), Complex64::new(rng.range(-1.0, 1.0), im)).unwrap();
-                let v = common::normal_f32(&mut rng, b * n, 1.0);
-                let exact = reference::solve_batch_f32(&p, &v).unwrap();
-                let eg = stats::rel_l2(&c128(&run(&g, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
-                let ec = stats::rel_l2(&c128(&run(&cpu, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
-                assert!(
-                    eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1,
-                    "({b}, {n}) Im z {im}: GPU {eg:.3e} CPU {ec:.3e}"
-                );
-                let auto = run(&g, &p, VInput::F32(&v), &GFormat::C128, Compute::Auto);
-                assert_eq!(auto.rows_f64, b, "Im z = {im} < 0.05 runs in f64");
-                let ea = stats::rel_l2(&c128(&auto.g), &exact);
-                assert!(ea <= tol::F64, "({b}, {n}) Im z {im}: auto {ea:.3e}");
-            }
+        for (b, n, im, p, v) in common::near_axis_cases() {
+            let exact = reference::solve_batch_f32(&p, &v).unwrap();
+            let eg = stats::rel_l2(&c128(&run(&g, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
+            let ec = stats::rel_l2(&c128(&run(&cpu, &p, VInput::F32(&v), &GFormat::C64, Compute::F32).g), &exact);
+            assert!(
+                eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1,
+                "({b}, {n}) Im z {im}: GPU {eg:.3e} CPU {ec:.3e}"
+            );
+            let auto = run(&g, &p, VInput::F32(&v), &GFormat::C128, Compute::Auto);
+            assert_eq!(auto.rows_f64, b, "Im z = {im} < 0.05 runs in f64");
+            let ea = stats::rel_l2(&c128(&auto.g), &exact);
+            assert!(ea <= tol::F64, "({b}, {n}) Im z {im}: auto {ea:.3e}");
         }
     }
 

@@ -196,13 +196,7 @@ fn calibrate(spec: QuantSpec, x: &[f32], rows: usize, n: usize) -> TensorQuant {
 }
 
 fn skip() -> bool {
-    match driver() {
-        Ok(_) => false,
-        Err(e) => {
-            println!("skipped: {e}");
-            true
-        }
-    }
+    common::skipped(driver())
 }
 
 fn spec(bits: Bits, g: usize, symmetric: bool, dynamic: bool) -> QuantSpec {
@@ -367,28 +361,20 @@ fn emulated_nan_policy_applies_to_dequantized_potentials() {
 
 #[test]
 fn emulated_f32_near_the_axis_no_worse_than_the_cpu() {
-    // The data of tests/gpu.rs::near_the_axis_no_worse_than_the_cpu_and_auto_is_f64 (same seed and
-    // draws), so the emulated kernel reproduces the GPU's numbers bit for bit.
+    // The data of tests/gpu.rs::near_the_axis_no_worse_than_the_cpu_and_auto_is_f64, so the
+    // emulated kernel reproduces the GPU's numbers bit for bit.
     if skip() {
         return;
     }
     let cpu = CpuBackend::new();
     let opts = SolveOptions { compute: Compute::F32, ..Default::default() };
-    let mut rng = Rng::new(32);
-    for &(b, n) in &[(16usize, 4096usize), (8, 512), (3, 20_000), (64, 100)] {
-        for im in [1e-3, 1e-2, 0.04] {
-            let p = Problem::new(common::random_h0(&mut rng, n), Complex64::new(rng.range(-1.0, 1.0), im)).unwrap();
-            let v = common::normal_f32(&mut rng, b * n, 1.0);
-            let exact = reference::solve_batch_f32(&p, &v).unwrap();
-            let (g, st) = emulate(&p, VInput::F32(&v), &GOutput::alloc(&GFormat::C64, b, n).unwrap(), false, 64);
-            assert!(st.iter().all(|&s| s & STATUS_WRITTEN != 0), "({b}, {n}) Im z {im}: status {st:x?}");
-            let eg = stats::rel_l2(&g.to_c128(), &exact);
-            let ec = stats::rel_l2(&cpu.solve(&p, VInput::F32(&v), &GFormat::C64, &opts).unwrap().g.to_c128(), &exact);
-            println!("({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}");
-            assert!(
-                eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1,
-                "({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}"
-            );
-        }
+    for (b, n, im, p, v) in common::near_axis_cases() {
+        let exact = reference::solve_batch_f32(&p, &v).unwrap();
+        let (g, st) = emulate(&p, VInput::F32(&v), &GOutput::alloc(&GFormat::C64, b, n).unwrap(), false, 64);
+        assert!(st.iter().all(|&s| s & STATUS_WRITTEN != 0), "({b}, {n}) Im z {im}: status {st:x?}");
+        let eg = stats::rel_l2(&g.to_c128(), &exact);
+        let ec = stats::rel_l2(&cpu.solve(&p, VInput::F32(&v), &GFormat::C64, &opts).unwrap().g.to_c128(), &exact);
+        println!("({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}");
+        assert!(eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1, "({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}");
     }
 }

@@ -25,13 +25,7 @@ fn driver() -> Result<&'static Path, String> {
 }
 
 fn skip() -> bool {
-    match driver() {
-        Ok(_) => false,
-        Err(e) => {
-            println!("skipped: {e}");
-            true
-        }
-    }
+    common::skipped(driver())
 }
 
 /// Device memory stand-in: one arena, regions 256-byte aligned; an address is offset + 1.

@@ -7,6 +7,32 @@ use num_complex::Complex64;
 
 pub mod vjp;
 
+/// Whether an emulator test must skip (no C++ compiler for its driver); prints why.
+pub fn skipped<T>(driver: Result<T, String>) -> bool {
+    match driver {
+        Ok(_) => false,
+        Err(e) => {
+            println!("skipped: {e}");
+            true
+        }
+    }
+}
+
+/// Near-axis cases (B, N, Im z, problem with random H0 and Re z, potentials): the data of the GPU
+/// test and of its emulated twin, drawn in one order from one seed so both see the same inputs.
+pub fn near_axis_cases() -> Vec<(usize, usize, f64, Problem, Vec<f32>)> {
+    let mut rng = Rng::new(32);
+    let mut cases = Vec::new();
+    for &(b, n) in &[(16usize, 4096usize), (8, 512), (3, 20_000), (64, 100)] {
+        for im in [1e-3, 1e-2, 0.04] {
+            let p = Problem::new(random_h0(&mut rng, n), Complex64::new(rng.range(-1.0, 1.0), im)).unwrap();
+            let v = normal_f32(&mut rng, b * n, 1.0);
+            cases.push((b, n, im, p, v));
+        }
+    }
+    cases
+}
+
 /// One emulated launch: writes `head` (the launch description the driver reads first), the
 /// arena's length and the arena to a file, runs `driver` on it and returns the arena as the
 /// kernel left it. `tag` makes the file names unique among concurrent tests.
