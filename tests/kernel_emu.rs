@@ -376,5 +376,19 @@ fn emulated_f32_near_the_axis_no_worse_than_the_cpu() {
         let ec = stats::rel_l2(&cpu.solve(&p, VInput::F32(&v), &GFormat::C64, &opts).unwrap().g.to_c128(), &exact);
         println!("({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}");
         assert!(eg <= ec * tol::GPU_VS_CPU_F32_FACTOR + tol::F32_IMZ_GE_0_1, "({b}, {n}) Im z {im}: kernel {eg:.3e} CPU {ec:.3e}");
+        // The _s64 kernels' quantized stores: the host quantization of their complex64 G.
+        if im == 1e-3 && b * n <= 8192 {
+            let g64 = g.to_c64();
+            let re: Vec<f32> = g64.iter().map(|c| c.re).collect();
+            let im_: Vec<f32> = g64.iter().map(|c| c.im).collect();
+            for s in [spec(Bits::Int8, 1, false, false), spec(Bits::Int4, 128, false, true)] {
+                let cq = ComplexQuant { re: calibrate(s, &re, b, n), im: calibrate(s, &im_, b, n) };
+                let out = GOutput::alloc(&GFormat::Quant(cq.clone()), b, n).unwrap();
+                let (got, _) = emulate(&p, VInput::F32(&v), &out, false, 64);
+                let GOutput::Quant(got) = got else { unreachable!() };
+                assert_eq!(got.re, QTensor::quantize("re", &cq.re, &re, b, n).unwrap(), "({b}, {n}) -> {s}: real part");
+                assert_eq!(got.im, QTensor::quantize("im", &cq.im, &im_, b, n).unwrap(), "({b}, {n}) -> {s}: imaginary part");
+            }
+        }
     }
 }
