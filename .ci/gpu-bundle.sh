@@ -42,7 +42,7 @@ cp "$tests" gpu-bundle/gpu-tests
 cp "$bench" gpu-bundle/gpu-bench
 cp "$cli" gpu-bundle/bk-infer
 strip --strip-debug gpu-bundle/gpu-tests gpu-bundle/gpu-bench gpu-bundle/bk-infer
-# Compressed: the three binaries are mostly embedded fatbins and tables (68 MB -> ~25 MB), small
+# Compressed: the three binaries are mostly embedded fatbins and tables (68 MB -> 16-23 MB), small
 # enough to carry to a machine with a size limit; run.sh unpacks them.
 gzip -9 gpu-bundle/gpu-tests gpu-bundle/gpu-bench gpu-bundle/bk-infer
 git rev-parse HEAD > gpu-bundle/COMMIT 2>/dev/null || echo unknown > gpu-bundle/COMMIT

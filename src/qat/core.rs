@@ -39,9 +39,7 @@ impl Forward {
     pub fn g_raw(&self) -> (&[f32], &[f32]) {
         (&self.g_re, &self.g_im)
     }
-}
 
-impl Forward {
     /// The potentials the solve saw (v after fake quantization).
     pub fn v_hat(&self) -> &[f32] {
         &self.v_hat

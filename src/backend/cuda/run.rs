@@ -134,8 +134,7 @@ impl ConstDev {
 /// One compute type's kernel, geometry and share of the scratch.
 struct Pass {
     name: String,
-    f64: bool,
-    scan64: bool,
+    arith: Arith,
     geom: Geometry,
     /// Blocks that fit on the device at once: the grid when the kernel needs scratch.
     slots: u32,
@@ -156,8 +155,7 @@ impl Pass {
         scratch_budget: usize,
     ) -> Result<Pass> {
         let name = kernel_name(in_fmt, out_fmt, arith);
-        let f64 = arith == Arith::F64;
-        let geom = Geometry::new(n, f64, dynamic_out);
+        let geom = Geometry::new(n, arith == Arith::F64, dynamic_out);
         let f = dev.kernels.get(&name)?;
         let per_sm =
             cu(f.occupancy_max_active_blocks_per_multiprocessor(geom.threads, geom.shared_bytes as usize, None), || {
@@ -168,7 +166,11 @@ impl Pass {
         if per_block > 0 {
             slots = slots.min((scratch_budget / per_block).clamp(1, u32::MAX as usize) as u32);
         }
-        Ok(Pass { name, f64, scan64: arith == Arith::F32Scan64, geom, slots })
+        Ok(Pass { name, arith, geom, slots })
+    }
+
+    fn f64(&self) -> bool {
+        self.arith == Arith::F64
     }
 
     fn scratch_bytes(&self) -> usize {
@@ -236,7 +238,7 @@ impl Setup {
     }
 
     fn consts(&self, pass: &Pass) -> &ConstDev {
-        if pass.f64 {
+        if pass.f64() {
             &self.consts64
         } else {
             self.consts32.as_ref().expect("f32 constants exist whenever an f32 pass does")
@@ -286,17 +288,17 @@ impl Setup {
             g_re,
             g_im,
             d_im: -p.z().im,
-            v_limit: if pass.f64 { f64::INFINITY } else { F32_MAX_V },
+            v_limit: if pass.f64() { f64::INFINITY } else { F32_MAX_V },
             rows: nrows as u32,
             n: n as u32,
             in_format: self.in_fmt,
             out_format: self.out_fmt,
-            compute: if pass.f64 { FMT_F64 } else { FMT_F32 },
+            compute: if pass.f64() { FMT_F64 } else { FMT_F32 },
             chunk: g.chunk,
             threads: g.threads,
             nan_policy,
             stage_in_shared: g.stage_in_shared as u32,
-            scan64: pass.scan64 as u32,
+            scan64: (pass.arith == Arith::F32Scan64) as u32,
         };
         let f = dev.kernels.get(&pass.name)?;
         let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (g.threads, 1, 1), shared_mem_bytes: g.shared_bytes };
@@ -392,7 +394,7 @@ pub(super) fn solve(
         let ev = setup.launch(dev, stream, p, nan, main, (&vdev, &gdev, &status_dev), cnt, 0, copts.time_kernels)?;
         let mut status = read_status(stream, &status_dev, cnt, &main.name)?;
         kernel_ms += elapsed_ms(ev)?;
-        let mut ran_f64 = vec![main.f64; cnt];
+        let mut ran_f64 = vec![main.f64(); cnt];
         if let Some(redo) = &setup.redo {
             // Like the CPU: huge potentials always move a row to f64; a non-finite G does in Auto.
             let idx = redo_rows(&status, mode);
