@@ -28,7 +28,8 @@ mod vjp;
 use io::Io;
 use store::{q_chunks, store_unfused, Chunk};
 
-/// Complex outputs at least this large are written with non-temporal stores.
+/// Complex outputs at least this large are written with non-temporal stores where a row starts
+/// 32-byte aligned (see `transpose::store_block_c64`; realigned streaming measured slower).
 const STREAM_MIN_BYTES: usize = 8 << 20;
 
 /// Below this many elements a call runs on the calling thread: waking the pool costs more.
@@ -216,18 +217,19 @@ impl Ctx<'_> {
                 f32: Recur<L>,
                 f64: Recur<L>,
             {
-                ctx.tile_body(t, chunk, s, c32, c64)
+                ctx.tile_body::<L, true>(t, chunk, s, c32, c64)
             }
             if avx2() {
                 // SAFETY: the CPU reports AVX2 and FMA, the only requirements of `tile_avx2`.
                 return unsafe { tile_avx2(self, t, chunk, s, c32, c64) };
             }
         }
-        self.tile_body(t, chunk, s, c32, c64)
+        self.tile_body::<L, false>(t, chunk, s, c32, c64)
     }
 
+    /// With `AVX2`, the caller guarantees the CPU has AVX2 and FMA (only `tile_avx2` sets it).
     #[inline(always)]
-    fn tile_body<const L: usize>(
+    fn tile_body<const L: usize, const AVX2: bool>(
         &self,
         t: usize,
         mut chunk: Chunk<'_>,
@@ -246,7 +248,12 @@ impl Ctx<'_> {
             // |Im z| and non-Hermitian H0 to f64, and |α_i| ≥ |Im z| otherwise). What remains is
             // overflow: huge potentials, and anything non-finite, which the f64 pass settles.
             let mut io = Io::<f32, L>::new(self, r0, live, &mut chunk);
-            f32::recur(c32, &mut s.f32, &mut io);
+            if AVX2 {
+                // SAFETY: AVX2 is set only by `tile_avx2`, called after checking AVX2 and FMA.
+                unsafe { f32::recur_avx2(c32, &mut s.f32, &mut io) };
+            } else {
+                f32::recur(c32, &mut s.f32, &mut io);
+            }
             let (vmax, bad) = io.finish()?;
             if vmax <= F32_MAX_V && (bad.is_empty() || self.mode == Mode::F32) {
                 self.check_singular(r0, &bad, &s.f32)?;
@@ -256,7 +263,12 @@ impl Ctx<'_> {
         }
         let t64 = s.f64.get_or_insert_with(|| Tile::new(self.n));
         let mut io = Io::<f64, L>::new(self, r0, live, &mut chunk);
-        f64::recur(c64, t64, &mut io);
+        if AVX2 {
+            // SAFETY: as for the f32 pass above.
+            unsafe { f64::recur_avx2(c64, t64, &mut io) };
+        } else {
+            f64::recur(c64, t64, &mut io);
+        }
         let (_, bad) = io.finish()?;
         self.check_singular(r0, &bad, t64)?;
         store_unfused(t64, live, &mut chunk, &mut s.lane_params, self.stream);
