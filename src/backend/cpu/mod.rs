@@ -248,12 +248,8 @@ impl Ctx<'_> {
             // |Im z| and non-Hermitian H0 to f64, and |α_i| ≥ |Im z| otherwise). What remains is
             // overflow: huge potentials, and anything non-finite, which the f64 pass settles.
             let mut io = Io::<f32, L>::new(self, r0, live, &mut chunk);
-            if AVX2 {
-                // SAFETY: AVX2 is set only by `tile_avx2`, called after checking AVX2 and FMA.
-                unsafe { f32::recur_avx2(c32, &mut s.f32, &mut io) };
-            } else {
-                f32::recur(c32, &mut s.f32, &mut io);
-            }
+            // SAFETY: AVX2 is set only by `tile_avx2`, called after checking AVX2 and FMA.
+            unsafe { f32::recur::<AVX2>(c32, &mut s.f32, &mut io) };
             let (vmax, bad) = io.finish()?;
             if vmax <= F32_MAX_V && (bad.is_empty() || self.mode == Mode::F32) {
                 self.check_singular(r0, &bad, &s.f32)?;
@@ -263,12 +259,8 @@ impl Ctx<'_> {
         }
         let t64 = s.f64.get_or_insert_with(|| Tile::new(self.n));
         let mut io = Io::<f64, L>::new(self, r0, live, &mut chunk);
-        if AVX2 {
-            // SAFETY: as for the f32 pass above.
-            unsafe { f64::recur_avx2(c64, t64, &mut io) };
-        } else {
-            f64::recur(c64, t64, &mut io);
-        }
+        // SAFETY: as for the f32 pass above.
+        unsafe { f64::recur::<AVX2>(c64, t64, &mut io) };
         let (_, bad) = io.finish()?;
         self.check_singular(r0, &bad, t64)?;
         store_unfused(t64, live, &mut chunk, &mut s.lane_params, self.stream);

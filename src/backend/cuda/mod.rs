@@ -22,7 +22,7 @@ use cudarc::driver::{CudaContext, CudaStream, DeviceRepr};
 use kernels::Loaded;
 use mem::cu;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 // SAFETY: BkSolveParams is #[repr(C)], plain old data (u64/f64/u32/i32 fields), and its layout is
 // pinned to bk_solve_params_t by const asserts and tests/layout.rs: the kernels read it by value.
@@ -163,6 +163,11 @@ impl CudaBackend {
         self.lock.lock().ok().and_then(|g| *g)
     }
 
+    /// Holds the stream for one call; the guard carries the last call's kernel time.
+    fn one_call(&self) -> Result<MutexGuard<'_, Option<f64>>> {
+        self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))
+    }
+
     /// Number of kernels loaded (every entry point of [`all_kernel_names`]).
     pub fn loaded_kernels(&self) -> usize {
         self.dev.kernels.len()
@@ -188,7 +193,7 @@ impl Backend for CudaBackend {
         let v = crate::backend::device::widen_half(v, &mut widened);
         let half_out = matches!(out, GOutput::Cf16(_) | GOutput::Cbf16(_));
         let mut wide = if half_out { Some(GOutput::alloc(&GFormat::C128, out.len() / p.n(), p.n())?) } else { None };
-        let mut last = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        let mut last = self.one_call()?;
         *last = None;
         let (info, ms) = run::solve(&self.dev, &self.stream, &self.opts, p, v, wide.as_mut().unwrap_or(out), opts)?;
         *last = ms;
@@ -210,17 +215,17 @@ impl Backend for CudaBackend {
         let mut bufs = vec![Vec::new(); inputs.len()];
         let wide: Vec<VInput<'_>> =
             inputs.iter().zip(bufs.iter_mut()).map(|(v, b)| crate::backend::device::widen_half(*v, b)).collect();
-        let _one_call = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        let _one_call = self.one_call()?;
         run::time(&self.dev, &self.stream, p, &wide, fmt, opts, reps)
     }
 
     fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
-        let _one_call = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        let _one_call = self.one_call()?;
         run::copy_bandwidth(&self.dev, &self.stream, bytes)
     }
 
     fn vjp_into(&self, p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut Vjp, opts: &SolveOptions) -> Result<SolveInfo> {
-        let mut last = self.lock.lock().map_err(|_| BkError::Cuda("backend lock poisoned by an earlier panic".into()))?;
+        let mut last = self.one_call()?;
         *last = None;
         vjp::vjp(&self.dev, &self.stream, &self.opts, p, v, g_bar, out, opts)
     }

@@ -318,6 +318,12 @@ impl Setup {
     }
 }
 
+/// An event recorded now on `stream`, with timing enabled (cudarc's default disables it).
+fn timing_event(stream: &Arc<CudaStream>) -> Result<CudaEvent> {
+    cu(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)), || "recording a timing event".into())
+}
+
+/// Milliseconds between a pair of timing events; 0 without them.
 fn elapsed_ms(ev: Option<(CudaEvent, CudaEvent)>) -> Result<f64> {
     Ok(match ev {
         Some((a, b)) => cu(a.elapsed_ms(&b), || "reading kernel timing events".into())? as f64,
@@ -492,7 +498,7 @@ pub(super) fn time(
     status_dev.fill(stream, rows * 4, 0, "row status")?;
     let mut k = 0usize;
     let mut run = |record: bool| -> Result<f64> {
-        let t0 = if record { Some(cu(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)), || "recording a timing event".into())?) } else { None };
+        let t0 = if record { Some(timing_event(stream)?) } else { None };
         for _ in 0..per_run {
             let io = (&vdevs[k % vdevs.len()], &gdev, &status_dev);
             setup.launch(dev, stream, p, nan, main, io, rows, 0, false)?;
@@ -500,9 +506,9 @@ pub(super) fn time(
         }
         match t0 {
             Some(t0) => {
-                let t1 = cu(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)), || "recording a timing event".into())?;
+                let t1 = timing_event(stream)?;
                 cu(t1.synchronize(), || format!("running {}", main.name))?;
-                Ok(cu(t0.elapsed_ms(&t1), || "reading timing events".into())? as f64 * 1e-3 / per_run as f64)
+                Ok(elapsed_ms(Some((t0, t1)))? * 1e-3 / per_run as f64)
             }
             None => Ok(0.0),
         }
@@ -526,12 +532,12 @@ pub(super) fn copy_bandwidth(dev: &Device, stream: &Arc<CudaStream>, bytes: usiz
     src.fill(stream, len, 0x5a, "copy source")?; // not zeros
     let mut times = Vec::new();
     for rep in 0..9 {
-        let t0 = cu(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)), || "recording a timing event".into())?;
+        let t0 = timing_event(stream)?;
         dst.copy_from(stream, &src, "copy bandwidth")?;
-        let t1 = cu(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)), || "recording a timing event".into())?;
+        let t1 = timing_event(stream)?;
         cu(t1.synchronize(), || "copying device memory".into())?;
         if rep >= 2 {
-            times.push(cu(t0.elapsed_ms(&t1), || "reading timing events".into())? as f64 * 1e-3);
+            times.push(elapsed_ms(Some((t0, t1)))? * 1e-3);
         }
     }
     times.sort_by(f64::total_cmp);
