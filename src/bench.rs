@@ -328,7 +328,7 @@ mod tests {
         assert!(f.rel_l2 < 1e-6);
         let md = markdown(&[m.clone(), f.clone()], 1e10);
         assert!(md.contains("| 9 | 300 | int4-g128 | int4-g128 |"), "{md}");
-        assert_eq!(csv(&[m.clone()], 1e10).lines().count(), 2);
+        assert_eq!(csv(std::slice::from_ref(&m), 1e10).lines().count(), 2);
         assert!(json(&[m, f], 1e10).contains("\"results\""));
     }
 }

@@ -17,6 +17,12 @@
 //! # Ok::<(), bk_infer::BkError>(())
 //! ```
 
+// Lane loops index several arrays in lockstep (`for l in 0..L { a[l] = b[i][l] … }`): the form
+// the vectoriser and the reader both follow best here.
+#![allow(clippy::needless_range_loop)]
+// `!(x > t)` is meant: it is true for NaN as well, which is what those checks catch.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod backend;
 pub mod bench;
 pub mod error;

@@ -396,8 +396,8 @@ mod cuda {
             let mut v: Vec<f32> = (0..6 * n).map(|_| 0.5 + rng.uniform() as f32).collect();
             v[3 * n + pos] = 2.0;
             for compute in [Compute::F32, Compute::F64, Compute::Auto] {
-                let eg = g.solve(&p, VInput::F32(&v), &GFormat::C64, &opts(compute)).err().expect("singular");
-                let ec = cpu.solve(&p, VInput::F32(&v), &GFormat::C64, &opts(compute)).err().expect("singular");
+                let eg = g.solve(&p, VInput::F32(&v), &GFormat::C64, &opts(compute)).expect_err("singular");
+                let ec = cpu.solve(&p, VInput::F32(&v), &GFormat::C64, &opts(compute)).expect_err("singular");
                 match (&eg, &ec) {
                     (BkError::SingularPivot { row: rg, pos: pg, .. }, BkError::SingularPivot { row: rc, pos: pc, .. }) => {
                         assert_eq!((rg, pg), (rc, pc), "N = {n} {compute:?}: GPU {eg} vs CPU {ec}");
@@ -516,7 +516,7 @@ mod cuda {
         let mut out = GOutput::alloc(&GFormat::C64, 1, 16).unwrap();
         let v = vec![0.5f32; 32];
         assert!(matches!(g.solve_into(&p, VInput::F32(&v), &mut out, &opts(Compute::F32)), Err(BkError::Shape { .. })));
-        let q = quantize_input(QuantSpec::int8_per_channel(), &vec![0.5f32; 2 * 8], 2, 8);
+        let q = quantize_input(QuantSpec::int8_per_channel(), &[0.5f32; 2 * 8], 2, 8);
         assert!(g.solve(&p, VInput::Quant(&q), &GFormat::C64, &opts(Compute::F32)).is_err());
     }
 

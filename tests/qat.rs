@@ -178,7 +178,7 @@ fn qat_returns_its_start_when_nothing_beats_it_on_validation() {
     let (rows, n) = (16, 64);
     let p = Problem::laplacian(n, Complex64::new(0.0, 1.0)).unwrap();
     let v = common::normal_f32(&mut rng, rows * n, 1.0);
-    let plan = calibrated(&p, &cpu, &[v.clone()], Bits::Int8, 1, Method::Mse);
+    let plan = calibrated(&p, &cpu, std::slice::from_ref(&v), Bits::Int8, 1, Method::Mse);
     for cfg in [QatConfig { steps: 0, ..QatConfig::default() }, QatConfig { steps: 5, lr_scale: 0.0, lr_zero: 0.0, ..QatConfig::default() }] {
         let r = train(&cpu, &p, &plan, &v, &cfg, &mut |_, _| {}).unwrap();
         assert_eq!(r.plan, plan, "{cfg:?}");

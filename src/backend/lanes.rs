@@ -31,19 +31,21 @@ pub(crate) trait Real:
     fn fill_block_f32<const L: usize>(_rows: &[&[f32]; L], _i0: usize, _v: &mut [[Self; L]]) -> bool {
         false
     }
-    /// Stores a block of positions of the first `live` lanes as complex64 (row l at
-    /// l·stride, positions i0..) with a vectorised transpose where one exists; returns false
-    /// when the caller must do it.
+    /// Lanes 8q..8q + 8 of `g` as eight f32 rows: out[j·stride + i] = g[i][8q + j] for
+    /// i < g.len() (L a multiple of 8; `out` holds 8 rows of `stride` ≥ g.len()).
     #[inline(always)]
-    fn store_block_c64<const L: usize>(
-        _re: &[[Self; L]],
-        _im: &[[Self; L]],
-        _live: usize,
-        _out: &mut [num_complex::Complex32],
-        _stride: usize,
-        _i0: usize,
-        _stream: bool,
-    ) -> bool {
+    fn rows_f32<const L: usize>(g: &[[Self; L]], q: usize, out: &mut [f32], stride: usize) {
+        for (i, lane) in g.iter().enumerate() {
+            for j in 0..8 {
+                out[j * stride + i] = lane[q * 8 + j].to_f32();
+            }
+        }
+    }
+    /// Stores positions 0..re.len() of the first `live` lanes as complex64 rows (row l at
+    /// l·stride) with a vectorised transpose where one exists; returns false when the caller
+    /// must do it.
+    #[inline(always)]
+    fn store_c64<const L: usize>(_re: &[[Self; L]], _im: &[[Self; L]], _live: usize, _out: &mut [num_complex::Complex32], _stride: usize) -> bool {
         false
     }
 }
@@ -85,32 +87,33 @@ impl Real for f32 {
     }
 
     #[inline(always)]
-    fn store_block_c64<const L: usize>(
-        re: &[[Self; L]],
-        im: &[[Self; L]],
-        live: usize,
-        out: &mut [num_complex::Complex32],
-        stride: usize,
-        i0: usize,
-        stream: bool,
-    ) -> bool {
+    fn rows_f32<const L: usize>(g: &[[Self; L]], q: usize, out: &mut [f32], stride: usize) {
+        let mut done = 0;
         #[cfg(target_arch = "x86_64")]
+        if L % 8 == 0 && q * 8 + 8 <= L && g.len() <= stride && out.len() >= 7 * stride + g.len() && super::transpose::available() {
+            done = g.len() / 8 * 8;
+            // SAFETY: AVX2 is available; lanes 8q..8q + 8 exist; `out` holds 8 rows of
+            // `stride` ≥ done values: all that `rows_from_lanes_f32` needs.
+            unsafe { super::transpose::rows_from_lanes_f32(&g[..done], q, out, stride) };
+        }
+        for (i, lane) in g.iter().enumerate().skip(done) {
+            for j in 0..8 {
+                out[j * stride + i] = lane[q * 8 + j];
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn store_c64<const L: usize>(re: &[[Self; L]], im: &[[Self; L]], live: usize, out: &mut [num_complex::Complex32], stride: usize) -> bool {
         let len = re.len();
-        if L % 8 == 0
-            && len % 8 == 0
-            && im.len() == len
-            && (1..=L).contains(&live)
-            && i0 + len <= stride
-            && out.len() >= (live - 1) * stride + i0 + len
-            && super::transpose::available()
-        {
-            // SAFETY: AVX2 is available; `out` holds rows 0..live of `stride` values covering
-            // positions i0..i0 + len, and re/im have len (a multiple of 8) positions: all that
+        #[cfg(target_arch = "x86_64")]
+        if L % 8 == 0 && len % 4 == 0 && im.len() >= len && (1..=L).contains(&live) && len <= stride && out.len() >= (live - 1) * stride + len && super::transpose::available() {
+            // SAFETY: AVX2 is available, and the conditions above are all that
             // `store_block_c64` needs.
-            unsafe { super::transpose::store_block_c64(re, im, live, out, stride, i0, stream) };
+            unsafe { super::transpose::store_block_c64(re, im, live, out, stride) };
             return true;
         }
-        let _ = (re, im, live, out, stride, i0, stream);
+        let _ = (re, im, live, out, stride, len);
         false
     }
 }
@@ -196,7 +199,9 @@ trait Vector: Copy {
     /// Runs `f` in a function of its own, compiled for this vector's instruction set. The
     /// recursion runs each block of steps this way: inlined into the tile's I/O, the register
     /// allocator spilled the chain states around every step (a store-to-load round trip on
-    /// the critical path).
+    /// the critical path). Callers mark the closure `#[inline(always)]`: a closure LLVM
+    /// chooses not to inline has no target features, and its intrinsics become calls (a
+    /// larger block body was seen to run 15× slower that way).
     fn isolate<R>(f: impl FnOnce() -> R) -> R;
 }
 
@@ -384,7 +389,7 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
             g_im[0] = [T::ZERO; L];
         }
         let from = i0.max(1);
-        S::isolate(|| forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai));
+        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai));
     }
 
     // Backward, over the same blocks from the end. Position N − 1 has no coupling either:
@@ -393,7 +398,7 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
     let mut bi = [zero; K];
     for i0 in (0..n).step_by(BLOCK).rev() {
         let i1 = (i0 + BLOCK).min(n);
-        S::isolate(|| backward::<T, S, K, L>(cs, i0, i1, n, v, g_re, g_im, &mut br, &mut bi));
+        S::isolate(#[inline(always)] || backward::<T, S, K, L>(cs, i0, i1, n, v, g_re, g_im, &mut br, &mut bi));
         io.drain(i0, &g_re[i0..i1], &g_im[i0..i1]);
     }
 }

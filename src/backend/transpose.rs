@@ -1,6 +1,7 @@
-//! AVX2 8×8 transposes between row-major batches and lane-major tiles, for the f32 hot path.
+//! AVX2 transposes between row-major batches and lane-major tiles, for the f32 hot path.
 //! Scalar strided copies cost more than the recursion itself (two scattered 4-byte accesses per
-//! element); in registers, 8 rows × 8 positions move with 8 loads, 24 shuffles and 8 stores.
+//! element); in registers, 8 rows × 8 positions load with 8 loads, 24 shuffles and 8 stores, and
+//! 8 rows × 4 complex positions store with 8 loads, 24 shuffles and 8 stores.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -82,61 +83,99 @@ pub(crate) unsafe fn load_block_f32<const L: usize>(rows: &[&[f32]; L], i0: usiz
     }
 }
 
-/// out[l·stride + i0 + ii] = (re[ii][l], im[ii][l]) for ii < re.len() (a multiple of 8) and
-/// l < live; eight rows at a time, each written front to back. With `stream`, 32-byte-aligned
-/// destinations take non-temporal stores, which skip the read-for-ownership of output lines
-/// that will not be read back soon (the caller fences once the tile is done).
+/// out[j·stride + i] = g[i][8q + j] for i < g.len() (a multiple of 8) and j < 8: eight lanes
+/// back to eight rows, 8 × 8 at a time.
 ///
 /// # Safety
-/// AVX2 must be available; 1 ≤ live ≤ L; `out` must hold rows 0..live of `stride` complex
-/// values with i0 + re.len() ≤ stride; `im.len() ≥ re.len()`.
+/// AVX2 must be available; L must be a multiple of 8 with 8q + 8 ≤ L; `out` must hold 8 rows of
+/// `stride` ≥ g.len() values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn store_block_c64<const L: usize>(
-    re: &[[f32; L]],
-    im: &[[f32; L]],
-    live: usize,
-    out: &mut [num_complex::Complex32],
-    stride: usize,
-    i0: usize,
-    stream: bool,
-) {
-    let len = re.len();
-    debug_assert!(len % 8 == 0 && im.len() >= len && live >= 1 && live <= L && i0 + len <= stride);
-    debug_assert!(out.len() >= (live - 1) * stride + i0 + len);
-    let base = out.as_mut_ptr() as *mut f32;
-    for q in 0..live.div_ceil(8) {
-      for sb in (0..len).step_by(8) {
-        let r: [__m256; 8] = std::array::from_fn(|ii| _mm256_loadu_ps(re[sb + ii].as_ptr().add(q * 8)));
-        let m: [__m256; 8] = std::array::from_fn(|ii| _mm256_loadu_ps(im[sb + ii].as_ptr().add(q * 8)));
-        let (r, m) = (transpose8(r), transpose8(m));
-        for j in 0..8.min(live - q * 8) {
-            let l = q * 8 + j;
-            let lo = _mm256_unpacklo_ps(r[j], m[j]);
-            let hi = _mm256_unpackhi_ps(r[j], m[j]);
-            let a = _mm256_permute2f128_ps::<0x20>(lo, hi);
-            let b = _mm256_permute2f128_ps::<0x31>(lo, hi);
-            // SAFETY (caller): row l < live holds positions i0..i0 + len.
-            let dst = base.add(2 * (l * stride + i0 + sb));
-            if stream && (dst as usize) % 32 == 0 {
-                _mm256_stream_ps(dst, a);
-                _mm256_stream_ps(dst.add(8), b);
-            } else {
-                _mm256_storeu_ps(dst, a);
-                _mm256_storeu_ps(dst.add(8), b);
-            }
+pub(crate) unsafe fn rows_from_lanes_f32<const L: usize>(g: &[[f32; L]], q: usize, out: &mut [f32], stride: usize) {
+    debug_assert!(L % 8 == 0 && q * 8 + 8 <= L && g.len() % 8 == 0 && g.len() <= stride && out.len() >= 7 * stride + g.len());
+    let dst = out.as_mut_ptr();
+    for sb in (0..g.len()).step_by(8) {
+        // SAFETY (caller): positions sb..sb + 8 exist with lanes 8q..8q + 8; row j of `out`
+        // holds positions sb..sb + 8.
+        let r: [__m256; 8] = std::array::from_fn(|ii| _mm256_loadu_ps(g[sb + ii].as_ptr().add(q * 8)));
+        for (j, x) in transpose8(r).into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(j * stride + sb), x);
         }
-      }
     }
 }
 
-/// Orders this thread's non-temporal stores before whatever it does next (such as handing the
-/// output to another thread).
-pub(crate) fn store_fence() {
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        // SAFETY: SSE is part of x86-64; sfence has no other requirement.
-        unsafe { _mm_sfence() };
+/// Four positions of eight lanes, re and im, to one register of four complex values per lane
+/// (in lane order): the (re, im) pairs form first (`unpack*_ps` gives lanes 0, 1, 4, 5 and
+/// 2, 3, 6, 7), then two 4 × 4 transposes of 64-bit pairs. 24 shuffles per 32 complex values,
+/// against 40 for two 8 × 8 transposes followed by interleaving, and few enough registers
+/// that nothing spills.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn complex4x8(re: [__m256; 4], im: [__m256; 4]) -> [__m256; 8] {
+    #[inline(always)]
+    unsafe fn t4(x: [__m256d; 4]) -> [__m256d; 4] {
+        let t0 = _mm256_unpacklo_pd(x[0], x[1]);
+        let t1 = _mm256_unpackhi_pd(x[0], x[1]);
+        let t2 = _mm256_unpacklo_pd(x[2], x[3]);
+        let t3 = _mm256_unpackhi_pd(x[2], x[3]);
+        [
+            _mm256_permute2f128_pd::<0x20>(t0, t2),
+            _mm256_permute2f128_pd::<0x20>(t1, t3),
+            _mm256_permute2f128_pd::<0x31>(t0, t2),
+            _mm256_permute2f128_pd::<0x31>(t1, t3),
+        ]
+    }
+    let a = t4([
+        _mm256_castps_pd(_mm256_unpacklo_ps(re[0], im[0])),
+        _mm256_castps_pd(_mm256_unpacklo_ps(re[1], im[1])),
+        _mm256_castps_pd(_mm256_unpacklo_ps(re[2], im[2])),
+        _mm256_castps_pd(_mm256_unpacklo_ps(re[3], im[3])),
+    ]);
+    let b = t4([
+        _mm256_castps_pd(_mm256_unpackhi_ps(re[0], im[0])),
+        _mm256_castps_pd(_mm256_unpackhi_ps(re[1], im[1])),
+        _mm256_castps_pd(_mm256_unpackhi_ps(re[2], im[2])),
+        _mm256_castps_pd(_mm256_unpackhi_ps(re[3], im[3])),
+    ]);
+    // Written out: a closure here may stay out of line, and its intrinsics become calls.
+    [
+        _mm256_castpd_ps(a[0]),
+        _mm256_castpd_ps(a[1]),
+        _mm256_castpd_ps(b[0]),
+        _mm256_castpd_ps(b[1]),
+        _mm256_castpd_ps(a[2]),
+        _mm256_castpd_ps(a[3]),
+        _mm256_castpd_ps(b[2]),
+        _mm256_castpd_ps(b[3]),
+    ]
+}
+
+/// out[l·stride + i] = (re[i][l], im[i][l]) for i < re.len() (a multiple of 4) and l < live:
+/// four positions of eight rows at a time, the eight rows written front to back.
+///
+/// # Safety
+/// AVX2 must be available; 1 ≤ live ≤ L; `im.len() ≥ re.len()`; `out` must hold rows 0..live
+/// of `stride` ≥ re.len() complex values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn store_block_c64<const L: usize>(re: &[[f32; L]], im: &[[f32; L]], live: usize, out: &mut [num_complex::Complex32], stride: usize) {
+    let len = re.len();
+    debug_assert!(L % 8 == 0 && len % 4 == 0 && im.len() >= len && (1..=L).contains(&live) && len <= stride);
+    debug_assert!(out.len() >= (live - 1) * stride + len);
+    let (re, im) = (re.as_ptr() as *const f32, im.as_ptr() as *const f32);
+    for q in 0..live.div_ceil(8) {
+        let lanes = (live - q * 8).min(8);
+        let dst = (out.as_mut_ptr() as *mut f32).add(2 * q * 8 * stride);
+        for p0 in (0..len).step_by(4) {
+            // SAFETY (caller): positions p0..p0 + 4 ≤ len exist in re and im (L values each);
+            // rows 8q + j < live of `out` hold positions 0..len.
+            let (r, m) = (re.add(p0 * L + q * 8), im.add(p0 * L + q * 8));
+            let x = [_mm256_loadu_ps(r), _mm256_loadu_ps(r.add(L)), _mm256_loadu_ps(r.add(2 * L)), _mm256_loadu_ps(r.add(3 * L))];
+            let y = [_mm256_loadu_ps(m), _mm256_loadu_ps(m.add(L)), _mm256_loadu_ps(m.add(2 * L)), _mm256_loadu_ps(m.add(3 * L))];
+            for (j, c) in complex4x8(x, y).into_iter().enumerate().take(lanes) {
+                _mm256_storeu_ps(dst.add(2 * (j * stride + p0)), c);
+            }
+        }
     }
 }
 
@@ -167,34 +206,26 @@ mod tests {
         }
         let im: Vec<[f32; L]> = tile.iter().map(|x| x.map(|v| -v)).collect();
         // Every row alignment (offsets of 8 bytes), rows of 24 and 27 positions (the last three
-        // left to the caller), in one call and block by block, streamed or not.
+        // left to the caller), all lanes or some.
         for offset in 0..8 {
             for stride in [24, 27] {
-                let len = stride / 8 * 8;
+                let len = stride / 4 * 4;
                 for live in [1, 9, 16] {
-                    for stream in [false, true] {
-                        for whole in [false, true] {
-                            let sentinel = Complex32::new(f32::NAN, f32::NAN);
-                            let mut buf = vec![sentinel; offset + live * stride + 8];
-                            let out = &mut buf[offset..offset + live * stride];
-                            let blocks: Vec<(usize, usize)> = if whole { vec![(0, len)] } else { (0..len).step_by(8).map(|i| (i, 8)).collect() };
-                            for (i0, bl) in blocks {
-                                // SAFETY: AVX2 checked; out holds live rows of `stride` values
-                                // covering positions i0..i0 + bl; bl is a multiple of 8.
-                                unsafe { store_block_c64(&tile[i0..i0 + bl], &im[i0..i0 + bl], live, out, stride, i0, stream) };
-                            }
-                            store_fence();
-                            let ctx = format!("offset {offset} stride {stride} live {live} stream {stream} whole {whole}");
-                            for l in 0..live {
-                                for i in 0..stride {
-                                    let want = if i < len { Complex32::new(data[l][i], -data[l][i]) } else { sentinel };
-                                    let got = out[l * stride + i];
-                                    assert!(got == want || (i >= len && got.re.is_nan()), "{ctx}: l{l} i{i} {got} vs {want}");
-                                }
-                            }
-                            assert!(buf[offset + live * stride..].iter().all(|x| x.re.is_nan()), "{ctx}: wrote past the end");
+                    let sentinel = Complex32::new(f32::NAN, f32::NAN);
+                    let mut buf = vec![sentinel; offset + live * stride + 8];
+                    let out = &mut buf[offset..offset + live * stride];
+                    // SAFETY: AVX2 checked; re/im hold len (a multiple of 4) positions; out
+                    // holds live rows of stride ≥ len values.
+                    unsafe { store_block_c64(&tile[..len], &im[..len], live, out, stride) };
+                    let ctx = format!("offset {offset} stride {stride} live {live}");
+                    for l in 0..live {
+                        for i in 0..stride {
+                            let want = if i < len { Complex32::new(data[l][i], -data[l][i]) } else { sentinel };
+                            let got = out[l * stride + i];
+                            assert!(got == want || (i >= len && got.re.is_nan()), "{ctx}: l{l} i{i} {got} vs {want}");
                         }
                     }
+                    assert!(buf[offset + live * stride..].iter().all(|x| x.re.is_nan()), "{ctx}: wrote past the end");
                 }
             }
         }

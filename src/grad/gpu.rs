@@ -255,7 +255,7 @@ enum VBufs<B> {
 /// multiple of [`VJP_BLOCK_ROWS`] unless the whole batch fits (so that the reduction's blocks of
 /// rows, and with them the bits of the sums, do not depend on the chunking).
 pub fn chunk_rows(rows: usize, per_row: usize, budget: usize, cap: Option<usize>) -> usize {
-    let cap = cap.unwrap_or(usize::MAX).min(MAX_CHUNK_ROWS).max(1);
+    let cap = cap.unwrap_or(usize::MAX).clamp(1, MAX_CHUNK_ROWS);
     let fit = (budget / per_row.max(1)).clamp(1, cap);
     if fit >= rows {
         return rows.max(1);

@@ -149,11 +149,14 @@ pub fn dense_inverse(p: &Problem, v: &[f64]) -> Result<Vec<Complex64>> {
     Ok(inv)
 }
 
+/// One row's (dv, dh0_super, dh0_sub, dz) from the dense inverse.
+pub type DenseRowVjp = (Vec<f64>, Vec<f64>, Vec<f64>, Complex64);
+
 /// The VJP of one row straight from the definition, with the dense inverse R:
 /// dv_j = −Re Σ_i conj(ḡ_i) R_ij R_ji; ∂L/∂h0_super_j = −Re Σ_i conj(ḡ_i) R_ij R_{j+1,i};
 /// ∂L/∂h0_sub_j = −Re Σ_i conj(ḡ_i) R_{i,j+1} R_ji; dz = conj(Σ_ij conj(ḡ_i) R_ij R_ji).
 /// Returns (dv, dh0_super, dh0_sub, dz). O(N³), independent of the recursions.
-pub fn dense_vjp_row(p: &Problem, v: &[f64], g_bar: &[Complex64]) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>, Complex64)> {
+pub fn dense_vjp_row(p: &Problem, v: &[f64], g_bar: &[Complex64]) -> Result<DenseRowVjp> {
     let n = p.n();
     let r = dense_inverse(p, v)?;
     let at = |i: usize, j: usize| r[i * n + j];

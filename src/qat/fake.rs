@@ -111,6 +111,7 @@ fn fq_row(qmin: i32, qmax: i32, p: &Spelled, x: &[f32], out: &mut [f32]) {
 /// LSQ terms of whole rows (`xs`, `go`: row-major, n per row), summed per position into `ds`
 /// and `dz` (Σ g·∂x̂/∂s and Σ g·∂x̂/∂z), with the straight-through ∂L/∂x into `gi` when given.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn lsq_rows_body(qmin: f32, qmax: f32, p: &Spelled, xs: &[f32], go: &[f32], mut gi: Option<&mut [f32]>, ds: &mut [f32], dz: &mut [f32]) {
     let n = ds.len();
     let (s, z, dz) = (&p.s[..n], &p.z[..n], &mut dz[..n]);

@@ -7,9 +7,16 @@
 #[inline(always)]
 pub fn quantize(x: f32, scale: f32, zero: i32, qmin: i32, qmax: i32) -> i32 {
     let t = (x / scale).round_ties_even();
-    let t = t.clamp((qmin - zero) as f32, (qmax - zero) as f32);
-    // NaN survives the clamp and casts to 0; inputs are validated before they get here.
-    t as i32 + zero
+    let (lo, hi) = ((qmin - zero) as f32, (qmax - zero) as f32);
+    // Compare-and-select, as in the kernel (and without `clamp`'s check of lo ≤ hi, so a
+    // row with per-position zero points vectorises). NaN survives the selects and becomes 0,
+    // as a cast would make it; inputs are validated before they get here.
+    let t = if t < lo { lo } else { t };
+    let t = if t > hi { hi } else { t };
+    let t = if t.is_nan() { 0.0 } else { t };
+    // SAFETY: t is 0 or within [qmin − zero, qmax − zero], integers well inside i32. (A plain
+    // `as` saturates, and LLVM turns that into a scalar conversion per value.)
+    unsafe { t.to_int_unchecked::<i32>() + zero }
 }
 
 /// Value of a code: (q − zero) · scale. The subtraction is exact in integers, so CPU and GPU
@@ -34,12 +41,16 @@ pub fn int4_at(row: &[u8], i: usize) -> i8 {
 
 /// Packs signed 4-bit codes (each in [−8, 7]) two per byte, low nibble first; an odd tail
 /// leaves the high nibble 0.
+#[inline(always)]
 pub fn pack_int4(codes: &[i8], out: &mut [u8]) {
     debug_assert_eq!(out.len(), codes.len().div_ceil(2));
-    for (o, pair) in out.iter_mut().zip(codes.chunks(2)) {
-        let lo = (pair[0] as u8) & 0x0f;
-        let hi = pair.get(1).map_or(0, |&c| (c as u8) & 0x0f);
-        *o = lo | (hi << 4);
+    let pairs = codes.chunks_exact(2);
+    let tail = pairs.remainder();
+    for (o, pair) in out.iter_mut().zip(pairs) {
+        *o = ((pair[0] as u8) & 0x0f) | (((pair[1] as u8) & 0x0f) << 4);
+    }
+    if let (Some(&c), Some(o)) = (tail.first(), out.last_mut()) {
+        *o = (c as u8) & 0x0f;
     }
 }
 

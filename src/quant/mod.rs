@@ -269,9 +269,7 @@ pub fn dynamic_params_row(spec: &QuantSpec, x: &[f32], scale: &mut [f32], zero: 
     let g = spec.group_size;
     let mut zero = zero;
     for (j, chunk) in x.chunks(g).enumerate() {
-        let (lo, hi) = chunk
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = min_max(chunk);
         let (s, z) = AffineParams::from_range(spec, lo, hi);
         scale[j] = s;
         if let Some(zs) = zero.as_deref_mut() {
@@ -280,9 +278,41 @@ pub fn dynamic_params_row(spec: &QuantSpec, x: &[f32], scale: &mut [f32], zero: 
     }
 }
 
+/// (min, max) of `x`, NaN ignored (±∞ when there is nothing else), over eight running minima
+/// and maxima so that the loop vectorises. The order cannot change the result beyond the sign
+/// of a zero, which `from_range` does not see.
+#[inline(always)]
+fn min_max(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+    let mut blocks = x.chunks_exact(8);
+    for b in &mut blocks {
+        for k in 0..8 {
+            lo[k] = lo[k].min(b[k]);
+            hi[k] = hi[k].max(b[k]);
+        }
+    }
+    let rest = blocks.remainder().iter().chain(&lo).fold(f32::INFINITY, |m, &v| m.min(v));
+    let top = blocks.remainder().iter().chain(&hi).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    (rest, top)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_max_is_the_sequential_fold() {
+        for n in [0, 1, 7, 8, 9, 130] {
+            for nan_at in [None, Some(0), Some(n / 2)] {
+                let mut x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3).collect();
+                if let Some(k) = nan_at.filter(|&k| k < n) {
+                    x[k] = f32::NAN;
+                }
+                let want = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                assert_eq!(min_max(&x), want, "n {n} nan at {nan_at:?}");
+            }
+        }
+    }
 
     #[test]
     fn stored_bytes_counts_codes_scales_and_zeros() {

@@ -168,25 +168,108 @@ pub(crate) fn row_params<'a>(spec: &QuantSpec, params: &'a AffineParams, r: usiz
     (&params.scale[base..base + g], params.zero.as_ref().map(|z| &z[base..base + g]))
 }
 
+/// The groups that positions i0..i1 touch: (group, first position, end), clipped to i0..i1.
+#[inline(always)]
+fn segments(g: usize, i0: usize, i1: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let first = if i1 > i0 { i0 / g } else { 0 };
+    let last = if i1 > i0 { (i1 - 1) / g + 1 } else { 0 };
+    (first..last).map(move |j| (j, (j * g).max(i0), ((j + 1) * g).min(i1)))
+}
+
 /// Quantizes one row of n values into its codes (n bytes for INT8, ⌈n/2⌉ for INT4), with the
-/// row's parameter slices (one entry per group).
+/// row's parameter slices (one entry per group). Group by group with the parameters hoisted,
+/// so the loops vectorise (`codec::quantize` per value, so the codes are the same).
+#[inline(always)]
 pub(crate) fn quantize_row(spec: &QuantSpec, scale: &[f32], zero: Option<&[i16]>, x: &[f32], codes: &mut [u8]) {
-    let (qmin, qmax, g) = (spec.qmin(), spec.qmax(), spec.group_size);
-    let code = |i: usize| {
-        let j = i / g;
-        codec::quantize(x[i], scale[j], zero.map_or(0, |z| z[j] as i32), qmin, qmax)
-    };
+    let (qmin, qmax, g, n) = (spec.qmin(), spec.qmax(), spec.group_size, x.len());
+    let z = |j: usize| zero.map_or(0, |z| z[j] as i32);
     match spec.bits {
+        // Per channel: zipped slices, no per-value lookups, so the loop vectorises.
+        Bits::Int8 if g == 1 => match zero {
+            Some(zero) => {
+                for (((c, &x), &s), &z) in codes[..n].iter_mut().zip(x).zip(&scale[..n]).zip(&zero[..n]) {
+                    *c = codec::quantize(x, s, z as i32, qmin, qmax) as i8 as u8;
+                }
+            }
+            None => {
+                for ((c, &x), &s) in codes[..n].iter_mut().zip(x).zip(&scale[..n]) {
+                    *c = codec::quantize(x, s, 0, qmin, qmax) as i8 as u8;
+                }
+            }
+        },
         Bits::Int8 => {
-            for (i, c) in codes.iter_mut().enumerate() {
-                *c = code(i) as i8 as u8;
+            for (j, a, b) in segments(g, 0, n) {
+                let (s, z) = (scale[j], z(j));
+                for (c, &x) in codes[a..b].iter_mut().zip(&x[a..b]) {
+                    *c = codec::quantize(x, s, z, qmin, qmax) as i8 as u8;
+                }
+            }
+        }
+        Bits::Int4 if g % 2 == 0 => {
+            // Even groups: every byte lies in one group. Codes 64 at a time into a buffer (a
+            // plain loop that vectorises), then packed.
+            for (j, a, b) in segments(g, 0, n) {
+                let (s, z) = (scale[j], z(j));
+                let mut buf = [0i8; 64];
+                for start in (a..b).step_by(64) {
+                    let x = &x[start..(start + 64).min(b)];
+                    for (c, &x) in buf.iter_mut().zip(x) {
+                        *c = codec::quantize(x, s, z, qmin, qmax) as i8;
+                    }
+                    codec::pack_int4(&buf[..x.len()], &mut codes[start / 2..(start + x.len()).div_ceil(2)]);
+                }
             }
         }
         Bits::Int4 => {
-            for (j, c) in codes.iter_mut().enumerate() {
-                let lo = (code(2 * j) as u8) & 0x0f;
-                let hi = if 2 * j + 1 < x.len() { (code(2 * j + 1) as u8) & 0x0f } else { 0 };
-                *c = lo | (hi << 4);
+            for (i, &x) in x.iter().enumerate() {
+                let nib = (codec::quantize(x, scale[i / g], z(i / g), qmin, qmax) as u8) & 0x0f;
+                let c = &mut codes[i / 2];
+                *c = if i % 2 == 0 { nib } else { (*c & 0x0f) | (nib << 4) };
+            }
+        }
+    }
+}
+
+/// Dequantizes positions i0..i0 + out.len() of one row of codes (the whole row's codes) with
+/// the row's parameter slices; group by group, so the loops vectorise.
+#[inline(always)]
+pub(crate) fn dequantize_span(spec: &QuantSpec, scale: &[f32], zero: Option<&[i16]>, codes: &[u8], i0: usize, out: &mut [f32]) {
+    let (g, i1) = (spec.group_size, i0 + out.len());
+    let z = |j: usize| zero.map_or(0, |z| z[j] as i32);
+    match spec.bits {
+        Bits::Int8 if g == 1 => match zero {
+            Some(zero) => {
+                for (((o, &c), &s), &z) in out.iter_mut().zip(&codes[i0..i1]).zip(&scale[i0..i1]).zip(&zero[i0..i1]) {
+                    *o = codec::dequantize(c as i8 as i32, s, z as i32);
+                }
+            }
+            None => {
+                for ((o, &c), &s) in out.iter_mut().zip(&codes[i0..i1]).zip(&scale[i0..i1]) {
+                    *o = codec::dequantize(c as i8 as i32, s, 0);
+                }
+            }
+        },
+        Bits::Int8 => {
+            for (j, a, b) in segments(g, i0, i1) {
+                let (s, z) = (scale[j], z(j));
+                for (o, &c) in out[a - i0..b - i0].iter_mut().zip(&codes[a..b]) {
+                    *o = codec::dequantize(c as i8 as i32, s, z);
+                }
+            }
+        }
+        Bits::Int4 => {
+            for (j, a, b) in segments(g, i0, i1) {
+                let (s, z) = (scale[j], z(j));
+                let at = |i: usize| codec::dequantize(codec::int4_at(codes, i) as i32, s, z);
+                // Whole bytes in the middle, odd ends alone.
+                let (pa, pb) = (a.next_multiple_of(2).min(b), b - (b - a.next_multiple_of(2).min(b)) % 2);
+                for i in (a..pa).chain(pb..b) {
+                    out[i - i0] = at(i);
+                }
+                for (o, &c) in out[pa - i0..pb - i0].chunks_exact_mut(2).zip(&codes[pa / 2..pb / 2]) {
+                    o[0] = codec::dequantize(codec::nibble_to_i8(c & 0x0f) as i32, s, z);
+                    o[1] = codec::dequantize(codec::nibble_to_i8(c >> 4) as i32, s, z);
+                }
             }
         }
     }
@@ -195,25 +278,7 @@ pub(crate) fn quantize_row(spec: &QuantSpec, scale: &[f32], zero: Option<&[i16]>
 /// Dequantizes one row of codes with the row's parameter slices.
 #[inline]
 pub(crate) fn dequantize_row(spec: &QuantSpec, scale: &[f32], zero: Option<&[i16]>, codes: &[u8], out: &mut [f32]) {
-    let g = spec.group_size;
-    let param = |i: usize| {
-        let j = i / g;
-        (scale[j], zero.map_or(0, |z| z[j] as i32))
-    };
-    match spec.bits {
-        Bits::Int8 => {
-            for (i, o) in out.iter_mut().enumerate() {
-                let (s, z) = param(i);
-                *o = codec::dequantize(codes[i] as i8 as i32, s, z);
-            }
-        }
-        Bits::Int4 => {
-            for (i, o) in out.iter_mut().enumerate() {
-                let (s, z) = param(i);
-                *o = codec::dequantize(codec::int4_at(codes, i) as i32, s, z);
-            }
-        }
-    }
+    dequantize_span(spec, scale, zero, codes, 0, out);
 }
 
 /// A quantized complex tensor: real and imaginary parts quantized separately.
@@ -249,6 +314,48 @@ mod tests {
 
     fn ramp(rows: usize, n: usize) -> Vec<f32> {
         (0..rows * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect()
+    }
+
+    /// The group-wise row codec gives exactly the per-value rules of `codec` (and the packing
+    /// of `pack_int4`), for per-channel, odd, even and partial groups, any span of a row.
+    #[test]
+    fn row_codec_matches_the_scalar_rules() {
+        for bits in [Bits::Int8, Bits::Int4] {
+            for g in [1, 2, 3, 5, 128] {
+                for symmetric in [true, false] {
+                    for n in [1, 2, 7, 128, 130, 257] {
+                        let spec = QuantSpec { bits, group_size: g, symmetric, dynamic: false };
+                        let groups = spec.groups(n);
+                        let scale: Vec<f32> = (0..groups).map(|j| 0.05 + 0.01 * (j % 7) as f32).collect();
+                        let zero: Option<Vec<i16>> = (!symmetric).then(|| (0..groups).map(|j| (j % 5) as i16 - 2).collect());
+                        // Values beyond the code range too, and exact ties.
+                        let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03 + if i % 9 == 0 { 0.025 } else { 0.0 }).collect();
+                        let (qmin, qmax, zr) = (spec.qmin(), spec.qmax(), zero.as_deref());
+                        let want: Vec<i8> = (0..n).map(|i| codec::quantize(x[i], scale[i / g], zr.map_or(0, |z| z[i / g] as i32), qmin, qmax) as i8).collect();
+                        let mut codes = vec![0xAAu8; bits.row_bytes(n)];
+                        quantize_row(&spec, &scale, zr, &x, &mut codes);
+                        let ctx = format!("{bits:?} g{g} sym {symmetric} n{n}");
+                        match bits {
+                            Bits::Int8 => assert_eq!(codes, want.iter().map(|&c| c as u8).collect::<Vec<_>>(), "{ctx}"),
+                            Bits::Int4 => {
+                                let mut packed = vec![0u8; n.div_ceil(2)];
+                                codec::pack_int4(&want, &mut packed);
+                                assert_eq!(codes, packed, "{ctx}");
+                            }
+                        }
+                        for (i0, len) in [(0, n), (1, n - 1), (n / 2, n - n / 2), (n / 3, n / 3), (n - 1, 1)] {
+                            let mut out = vec![f32::NAN; len];
+                            dequantize_span(&spec, &scale, zr, &codes, i0, &mut out);
+                            for (k, &o) in out.iter().enumerate() {
+                                let i = i0 + k;
+                                let w = codec::dequantize(want[i] as i32, scale[i / g], zr.map_or(0, |z| z[i / g] as i32));
+                                assert_eq!(o.to_bits(), w.to_bits(), "{ctx} span {i0}+{len} at {i}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

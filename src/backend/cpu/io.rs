@@ -3,12 +3,11 @@
 
 use super::store::Chunk;
 use super::{finite, Ctx};
-use crate::backend::lanes::{Real, TileIo};
+use crate::backend::lanes::{Real, TileIo, BLOCK};
 use crate::backend::VInput;
 use crate::error::{BkError, Result};
 use crate::problem::NanPolicy;
-use crate::quant::tensor::row_params;
-use crate::quant::{codec, Bits};
+use crate::quant::tensor::{dequantize_span, row_params};
 use num_complex::Complex64;
 
 /// The I/O of one tile: reads rows of the input into lane blocks (dequantizing, applying the
@@ -25,6 +24,8 @@ pub(super) struct Io<'c, 'o, T, const L: usize> {
     bad_out: [T; L],
     vmax: [T; L],
     first_bad: Option<(usize, usize, f64)>,
+    /// One block of every lane's row as f32, for sources converted before the transpose.
+    stage: [[f32; BLOCK]; L],
 }
 
 impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
@@ -39,6 +40,7 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
             bad_out: [T::ZERO; L],
             vmax: [T::ZERO; L],
             first_bad: None,
+            stage: [[0.0; BLOCK]; L],
         }
     }
 
@@ -46,9 +48,6 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
     /// error for the first non-finite potential.
     #[inline(always)]
     pub(super) fn finish(self) -> Result<(f64, Vec<usize>)> {
-        if self.ctx.stream {
-            crate::backend::transpose::store_fence();
-        }
         if let Some((row, pos, value)) = self.first_bad {
             return Err(BkError::NonFinite { tensor: "v".into(), row, pos, value });
         }
@@ -80,6 +79,22 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
         }
     }
 
+    /// Fills a block from a source whose values are f32 numbers: `row(r, i0, out)` writes
+    /// positions i0..i0 + out.len() of row r as f32.
+    #[inline(always)]
+    fn fill_staged(&mut self, i0: usize, v: &mut [[T; L]], row: impl Fn(usize, usize, &mut [f32])) {
+        let len = v.len();
+        debug_assert!(len <= BLOCK);
+        for l in 0..L {
+            row(self.rows[l], i0, &mut self.stage[l][..len]);
+        }
+        let stage = &self.stage;
+        let src: [&[f32]; L] = std::array::from_fn(|l| &stage[l][..len]);
+        if !T::fill_block_f32(&src, 0, v) {
+            Self::fill_with(v, 0, |l, i| T::from_f32(src[l][i]));
+        }
+    }
+
     #[inline(always)]
     fn fill_with(v: &mut [[T; L]], i0: usize, get: impl Fn(usize, usize) -> T) {
         for l in 0..L {
@@ -103,27 +118,16 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
                 }
             }
             VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
-            VInput::F16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
-            VInput::Bf16(x) => Self::fill_with(v, i0, |l, i| T::from_f32(x[rows[l] * n + i].to_f32())),
+            // f32-valued sources: each row's block to f32 first (contiguous, vectorised), then
+            // the same transpose as f32 input.
+            VInput::F16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[r * n + i0..r * n + i0 + out.len()], out)),
+            VInput::Bf16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[r * n + i0..r * n + i0 + out.len()], out)),
             VInput::Quant(q) => {
                 let spec = *q.spec();
-                let g = spec.group_size;
-                let codes: [&[u8]; L] = std::array::from_fn(|l| q.row_codes(rows[l]));
-                let params: [(&[f32], Option<&[i16]>); L] = std::array::from_fn(|l| row_params(&spec, q.params(), rows[l], n));
-                let param = |l: usize, i: usize| {
-                    let (scale, zero) = params[l];
-                    (scale[i / g], zero.map_or(0, |z| z[i / g] as i32))
-                };
-                match spec.bits {
-                    Bits::Int8 => Self::fill_with(v, i0, |l, i| {
-                        let (s, z) = param(l, i);
-                        T::from_f32(codec::dequantize(codes[l][i] as i8 as i32, s, z))
-                    }),
-                    Bits::Int4 => Self::fill_with(v, i0, |l, i| {
-                        let (s, z) = param(l, i);
-                        T::from_f32(codec::dequantize(codec::int4_at(codes[l], i) as i32, s, z))
-                    }),
-                }
+                self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
+                    let (scale, zero) = row_params(&spec, q.params(), r, n);
+                    dequantize_span(&spec, scale, zero, q.row_codes(r), i0, out)
+                })
             }
         }
         // Finiteness, vectorised over lanes.

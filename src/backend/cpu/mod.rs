@@ -28,10 +28,6 @@ mod vjp;
 use io::Io;
 use store::{q_chunks, store_unfused, Chunk};
 
-/// Complex outputs at least this large are written with non-temporal stores where a row starts
-/// 32-byte aligned (see `transpose::store_block_c64`; realigned streaming measured slower).
-const STREAM_MIN_BYTES: usize = 8 << 20;
-
 /// Below this many elements a call runs on the calling thread: waking the pool costs more.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 
@@ -81,8 +77,7 @@ impl Backend for CpuBackend {
             Compute::Auto if auto_wants_f64(p) => Mode::F64,
             Compute::Auto => Mode::F32Fallback,
         };
-        let stream = rows * p.n() * 8 >= STREAM_MIN_BYTES;
-        let ctx = Ctx { p, v, rows, n: p.n(), mode, policy: opts.nan_policy, stream };
+        let ctx = Ctx { p, v, rows, n: p.n(), mode, policy: opts.nan_policy };
         // Fewer lanes for small batches: padding lanes cost as much as real ones.
         match rows {
             0..=8 => ctx.run::<8>(out),
@@ -131,14 +126,13 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Option<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's scratch for (L, n, groups), creating it if the cached one does
-/// not fit.
-fn with_scratch<const L: usize, R>(n: usize, groups: usize, f: impl FnOnce(&mut Scratch<L>) -> R) -> R {
+/// Runs `f` with this thread's scratch for (L, n), creating it if the cached one does not fit.
+fn with_scratch<const L: usize, R>(n: usize, f: impl FnOnce(&mut Scratch<L>) -> R) -> R {
     let cached = SCRATCH.with(|c| c.borrow_mut().take());
     let mut s = cached
         .and_then(|b| b.downcast::<Scratch<L>>().ok())
-        .filter(|s| s.f32.v.len() == n && s.lane_params.len() == groups)
-        .unwrap_or_else(|| Box::new(Scratch { f32: Tile::new(n), f64: None, lane_params: vec![[(0.0, 0); L]; groups] }));
+        .filter(|s| s.f32.v.len() == n)
+        .unwrap_or_else(|| Box::new(Scratch { f32: Tile::new(n), f64: None, rows: Vec::new() }));
     let r = f(&mut s);
     SCRATCH.with(|c| *c.borrow_mut() = Some(s));
     r
@@ -148,8 +142,8 @@ fn with_scratch<const L: usize, R>(n: usize, groups: usize, f: impl FnOnce(&mut 
 struct Scratch<const L: usize> {
     f32: Tile<f32, L>,
     f64: Option<Tile<f64, L>>,
-    /// Per-(group, lane) parameters for dynamic output quantization.
-    lane_params: Vec<[(f32, i32); L]>,
+    /// Eight rows of one part of G, for the quantized stores.
+    rows: Vec<f32>,
 }
 
 struct Ctx<'a> {
@@ -159,8 +153,6 @@ struct Ctx<'a> {
     n: usize,
     mode: Mode,
     policy: NanPolicy,
-    /// Output large enough that non-temporal stores pay (it cannot stay in cache anyway).
-    stream: bool,
 }
 
 impl Ctx<'_> {
@@ -170,10 +162,6 @@ impl Ctx<'_> {
         f64: Recur<L>,
     {
         let (rows, n) = (self.rows, self.n);
-        let groups = match &*out {
-            GOutput::Quant(q) if q.re.spec().dynamic => q.re.spec().groups(n),
-            _ => 0,
-        };
         let chunks: Vec<Chunk<'_>> = match out {
             GOutput::C64(g) => g.chunks_mut(L * n).map(Chunk::C64).collect(),
             GOutput::C128(g) => g.chunks_mut(L * n).map(Chunk::C128).collect(),
@@ -186,7 +174,7 @@ impl Ctx<'_> {
         };
         let c32 = Consts::<f32>::new(self.p);
         let c64 = Consts::<f64>::new(self.p);
-        let tile = |(t, chunk): (usize, Chunk<'_>)| with_scratch::<L, _>(n, groups, |s| self.tile(t, chunk, s, &c32, &c64));
+        let tile = |(t, chunk): (usize, Chunk<'_>)| with_scratch::<L, _>(n, |s| self.tile(t, chunk, s, &c32, &c64));
         let rows_f64: usize = if rows * n >= PARALLEL_MIN_ELEMS && chunks.len() > 1 {
             chunks.into_par_iter().enumerate().map(tile).try_reduce(|| 0, |a, b| Ok(a + b))?
         } else {
@@ -253,7 +241,7 @@ impl Ctx<'_> {
             let (vmax, bad) = io.finish()?;
             if vmax <= F32_MAX_V && (bad.is_empty() || self.mode == Mode::F32) {
                 self.check_singular(r0, &bad, &s.f32)?;
-                store_unfused(&s.f32, live, &mut chunk, &mut s.lane_params, self.stream);
+                store_unfused(&s.f32, live, &mut chunk, &mut s.rows);
                 return Ok(0);
             }
         }
@@ -263,7 +251,7 @@ impl Ctx<'_> {
         unsafe { f64::recur::<AVX2>(c64, t64, &mut io) };
         let (_, bad) = io.finish()?;
         self.check_singular(r0, &bad, t64)?;
-        store_unfused(t64, live, &mut chunk, &mut s.lane_params, self.stream);
+        store_unfused(t64, live, &mut chunk, &mut s.rows);
         Ok(live)
     }
 

@@ -1,19 +1,24 @@
-//! Output chunks of the CPU backend and the stores that run after a tile: quantized and
-//! half-precision outputs (the block-wise drain in `io` writes complex64/complex128).
+//! Output chunks of the CPU backend and the stores that run after a tile (the block-wise drain
+//! in `io` writes complex128).
 
 use crate::backend::lanes::{Real, Tile};
-use crate::quant::{codec, AffineParams, Bits, QTensor, QuantSpec};
+use crate::quant::tensor::{quantize_row, row_params};
+use crate::quant::{dynamic_params_row, AffineParams, QTensor, QuantSpec};
 use half::{bf16, f16};
 use num_complex::{Complex, Complex32, Complex64};
 
 /// One tile's share of a quantized output part (re or im).
 pub(super) struct QChunk<'a> {
     spec: QuantSpec,
-    /// Static parameters; `None` when the store path computes them per row.
-    params: Option<&'a AffineParams>,
+    params: Params<'a>,
     codes: &'a mut [u8],
-    dyn_scale: Option<&'a mut [f32]>,
-    dyn_zero: Option<&'a mut [i16]>,
+}
+
+/// The parameters a quantized store uses: calibrated, or computed per row into the tile's
+/// share of the output's parameters.
+enum Params<'a> {
+    Static(&'a AffineParams),
+    Dynamic { scale: &'a mut [f32], zero: Option<&'a mut [i16]> },
 }
 
 /// Splits one quantized part into per-tile views of `tile_rows` rows.
@@ -26,17 +31,11 @@ pub(super) fn q_chunks(q: &mut QTensor, tile_rows: usize) -> Vec<QChunk<'_>> {
         let mut zeros = params.zero.as_mut().map(|z| z.chunks_mut(per_tile));
         codes
             .zip(params.scale.chunks_mut(per_tile))
-            .map(|(codes, scale)| QChunk {
-                spec,
-                params: None,
-                codes,
-                dyn_scale: Some(scale),
-                dyn_zero: zeros.as_mut().and_then(|z| z.next()),
-            })
+            .map(|(codes, scale)| QChunk { spec, params: Params::Dynamic { scale, zero: zeros.as_mut().and_then(|z| z.next()) }, codes })
             .collect()
     } else {
         let params = &*params;
-        codes.map(|codes| QChunk { spec, params: Some(params), codes, dyn_scale: None, dyn_zero: None }).collect()
+        codes.map(|codes| QChunk { spec, params: Params::Static(params), codes }).collect()
     }
 }
 
@@ -48,25 +47,23 @@ pub(super) enum Chunk<'a> {
     Quant(QChunk<'a>, QChunk<'a>),
 }
 
-/// Stores what the block-wise drain does not: quantized outputs, from the finished tile.
+/// Stores every format but complex128 (which the block-wise drain writes), from the finished
+/// tile.
 #[inline(always)]
-pub(super) fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &mut Chunk<'_>, lane_params: &mut [[(f32, i32); L]], stream: bool) {
+pub(super) fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &mut Chunk<'_>, rows: &mut Vec<f32>) {
     let n = t.v.len();
     match chunk {
         Chunk::Quant(qre, qim) => {
-            store_quant(&t.g_re, live, qre, lane_params);
-            store_quant(&t.g_im, live, qim, lane_params);
+            store_quant(&t.g_re, live, qre, rows);
+            store_quant(&t.g_im, live, qim, rows);
         }
         Chunk::C64(out) => {
-            let n8 = n / 8 * 8;
-            let done = if T::store_block_c64(&t.g_re[..n8], &t.g_im[..n8], live, out, n, 0, stream) { n8 } else { 0 };
+            let n4 = n / 4 * 4;
+            let done = if T::store_c64(&t.g_re[..n4], &t.g_im[..n4], live, out, n) { n4 } else { 0 };
             for l in 0..live {
                 for i in done..n {
                     out[l * n + i] = Complex32::new(t.g_re[i][l].to_f32(), t.g_im[i][l].to_f32());
                 }
-            }
-            if stream {
-                crate::backend::transpose::store_fence();
             }
         }
         // One rounding from the computed value (f32 or f64) to the storage type.
@@ -87,90 +84,31 @@ fn store_rows<T: Real, U, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut
     }
 }
 
-/// Codes of position `i` for all lanes, with static `params` or the per-lane dynamic ones.
+/// Quantizes one part (re or im) of a tile's G: eight lanes at a time back to rows (in `rows`,
+/// 8 × n), then each row with the shared row codec, computing its parameters first when the
+/// spec is dynamic.
 #[inline(always)]
-fn lane_codes<T: Real, const L: usize>(
-    g: &[[T; L]],
-    i: usize,
-    gs: usize,
-    spec: &QuantSpec,
-    params: Option<&AffineParams>,
-    lane_params: &[[(f32, i32); L]],
-    out: &mut [i32; L],
-) {
-    let (qmin, qmax, j) = (spec.qmin(), spec.qmax(), i / gs);
-    match params {
-        Some(p) => {
-            let (s, z) = p.get(j);
-            for l in 0..L {
-                out[l] = codec::quantize(g[i][l].to_f32(), s, z, qmin, qmax);
-            }
-        }
-        None => {
-            let lp = &lane_params[j];
-            for l in 0..L {
-                out[l] = codec::quantize(g[i][l].to_f32(), lp[l].0, lp[l].1, qmin, qmax);
-            }
-        }
-    }
-}
-
-/// Quantizes one part (re or im) of a tile's G into codes, computing per-row parameters first
-/// when the spec is dynamic.
-#[inline(always)]
-fn store_quant<T: Real, const L: usize>(g: &[[T; L]], live: usize, q: &mut QChunk<'_>, lane_params: &mut [[(f32, i32); L]]) {
+fn store_quant<T: Real, const L: usize>(g: &[[T; L]], live: usize, q: &mut QChunk<'_>, rows: &mut Vec<f32>) {
     let n = g.len();
     let spec = q.spec;
-    let gs = spec.group_size;
-    if spec.dynamic {
-        let groups = spec.groups(n);
-        for (j, lp) in lane_params.iter_mut().enumerate() {
-            let mut lo = [f32::INFINITY; L];
-            let mut hi = [f32::NEG_INFINITY; L];
-            for lane in &g[j * gs..((j + 1) * gs).min(n)] {
-                for l in 0..L {
-                    let x = lane[l].to_f32();
-                    lo[l] = lo[l].min(x);
-                    hi[l] = hi[l].max(x);
+    let (rb, groups) = (spec.bits.row_bytes(n), spec.groups(n));
+    rows.resize(8 * n, 0.0);
+    for q8 in 0..live.div_ceil(8) {
+        T::rows_f32(g, q8, rows, n);
+        for j in 0..(live - 8 * q8).min(8) {
+            let l = 8 * q8 + j;
+            let x = &rows[j * n..(j + 1) * n];
+            let codes = &mut q.codes[l * rb..(l + 1) * rb];
+            match &mut q.params {
+                Params::Static(p) => {
+                    let (scale, zero) = row_params(&spec, p, 0, n);
+                    quantize_row(&spec, scale, zero, x, codes);
                 }
-            }
-            for l in 0..live {
-                let (s, z) = AffineParams::from_range(&spec, lo[l], hi[l]);
-                lp[l] = (s, z as i32);
-                if let Some(sc) = q.dyn_scale.as_deref_mut() {
-                    sc[l * groups + j] = s;
-                }
-                if let Some(zs) = q.dyn_zero.as_deref_mut() {
-                    zs[l * groups + j] = z;
-                }
-            }
-        }
-    }
-    // Codes of position i for every lane, computed lane-parallel (vectorised), then scattered to
-    // the rows.
-    let params = q.params;
-    let codes_at = |i: usize, out: &mut [i32; L]| lane_codes(g, i, gs, &spec, params, lane_params, out);
-    let rb = spec.bits.row_bytes(n);
-    let (mut a, mut b) = ([0i32; L], [0i32; L]);
-    match spec.bits {
-        Bits::Int8 => {
-            for i in 0..n {
-                codes_at(i, &mut a);
-                for l in 0..live {
-                    q.codes[l * rb + i] = a[l] as i8 as u8;
-                }
-            }
-        }
-        Bits::Int4 => {
-            for byte in 0..rb {
-                codes_at(2 * byte, &mut a);
-                if 2 * byte + 1 < n {
-                    codes_at(2 * byte + 1, &mut b);
-                } else {
-                    b = [0; L];
-                }
-                for l in 0..live {
-                    q.codes[l * rb + byte] = ((a[l] as u8) & 0x0f) | (((b[l] as u8) & 0x0f) << 4);
+                Params::Dynamic { scale, zero } => {
+                    let scale = &mut scale[l * groups..(l + 1) * groups];
+                    let mut zero = zero.as_deref_mut().map(|z| &mut z[l * groups..(l + 1) * groups]);
+                    dynamic_params_row(&spec, x, scale, zero.as_deref_mut());
+                    quantize_row(&spec, scale, zero.as_deref(), x, codes);
                 }
             }
         }

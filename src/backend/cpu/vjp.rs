@@ -8,7 +8,7 @@
 //! f32 result is not finite or its potentials leave the safe f32 range, as the forward does.
 
 use super::{avx2, Chunk, Ctx, Io, Mode};
-use crate::backend::lanes::{Consts, Real, TileIo};
+use crate::backend::lanes::{Consts, Real, TileIo, BLOCK};
 use crate::backend::{auto_wants_f64, Compute, SolveInfo, SolveOptions, VInput, F32_MAX_V};
 use crate::error::{BkError, Result};
 use crate::grad::{check_vjp, Dv, GradG, Vjp};
@@ -17,8 +17,6 @@ use crate::reference;
 use num_complex::{Complex32, Complex64};
 use rayon::prelude::*;
 
-/// Positions per potential-load block (as in the forward).
-const BLOCK: usize = 64;
 /// Below this many elements the call runs on the calling thread.
 const PARALLEL_MIN_ELEMS: usize = 1 << 14;
 
@@ -36,7 +34,7 @@ pub(super) fn vjp_into(p: &Problem, v: VInput<'_>, g_bar: GradG<'_>, out: &mut V
         Compute::Auto if auto_wants_f64(p) => Mode::F64,
         Compute::Auto => Mode::F32Fallback,
     };
-    let ctx = Ctx { p, v, rows, n: p.n(), mode, policy: opts.nan_policy, stream: false };
+    let ctx = Ctx { p, v, rows, n: p.n(), mode, policy: opts.nan_policy };
     if rows <= 8 {
         run::<8>(&ctx, g_bar, out)
     } else {

@@ -101,7 +101,8 @@ enum VDev {
     Quant(QDev),
 }
 
-/// Device output of a chunk.
+/// Device output of a chunk (one per call; the size difference of the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 enum GDev {
     Complex(DevBuf),
     Quant(QDev, QDev),
@@ -144,6 +145,7 @@ impl Pass {
     /// `rows` and `scratch_budget` cap the resident blocks: scratch for blocks that can never have
     /// a row, or that would not fit, is not allocated (the grid-stride kernel is correct with any
     /// grid size, and a row's result does not depend on it).
+    #[allow(clippy::too_many_arguments)]
     fn new(
         dev: &Device,
         in_fmt: u32,
@@ -163,8 +165,8 @@ impl Pass {
             })?;
         let mut slots = dev.sms.saturating_mul(per_sm.max(1)).min(rows.min(u32::MAX as usize) as u32).max(1);
         let per_block = geom.scratch_per_block();
-        if per_block > 0 {
-            slots = slots.min((scratch_budget / per_block).clamp(1, u32::MAX as usize) as u32);
+        if let Some(fit) = scratch_budget.checked_div(per_block) {
+            slots = slots.min(fit.clamp(1, u32::MAX as usize) as u32);
         }
         Ok(Pass { name, arith, geom, slots })
     }

@@ -75,7 +75,7 @@ impl MixedArgs {
                     }
                     None => base.h0().clone(),
                 };
-                Ok(Problem::new(h0, z).with_context(|| format!("layer {k}"))?)
+                Problem::new(h0, z).with_context(|| format!("layer {k}"))
             })
             .collect()
     }

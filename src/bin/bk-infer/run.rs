@@ -66,8 +66,8 @@ pub fn main(a: Args) -> Result<()> {
     );
     println!();
     println!(
-        "| {:<14} | {:<13} | {:>10} | {:>9} | {:>7} | {:>9} | {:>6} | {:>9} | {:>8} | {}",
-        "mode", "method", "rel err %", "MAE", "SNR dB", "bytes", "compr.", "time", "Gelem/s", "device"
+        "| {:<14} | {:<13} | {:>10} | {:>9} | {:>7} | {:>9} | {:>6} | {:>9} | {:>8} | device",
+        "mode", "method", "rel err %", "MAE", "SNR dB", "bytes", "compr.", "time", "Gelem/s"
     );
     println!("|{}", "---|".repeat(10));
     let mut rows: Vec<(String, String, QuantPlan)> = vec![("fp32".into(), "-".into(), QuantPlan::fp32())];
