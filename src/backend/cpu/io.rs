@@ -7,7 +7,9 @@ use crate::backend::lanes::{Real, TileIo, BLOCK};
 use crate::backend::VInput;
 use crate::error::{BkError, Result};
 use crate::problem::NanPolicy;
+use crate::backend::transpose::prefetch;
 use crate::quant::tensor::{dequantize_span, row_params};
+use crate::quant::Bits;
 use num_complex::Complex64;
 
 /// The I/O of one tile: reads rows of the input into lane blocks (dequantizing, applying the
@@ -105,6 +107,14 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
     }
 }
 
+/// The block of `row` two blocks after the one at `at` (`block` elements per block; clipped to
+/// the row): what a block load asks for ahead, as the f32 transpose does.
+#[inline(always)]
+fn ahead<E>(row: &[E], at: usize, block: usize) -> &[E] {
+    let from = (at + 2 * block).min(row.len());
+    &row[from..(from + block).min(row.len())]
+}
+
 impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
     #[inline(always)]
     fn fill(&mut self, i0: usize, v: &mut [[T; L]]) {
@@ -119,14 +129,28 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
             }
             VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
             // f32-valued sources: each row's block to f32 first (contiguous, vectorised), then
-            // the same transpose as f32 input.
-            VInput::F16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[r * n + i0..r * n + i0 + out.len()], out)),
-            VInput::Bf16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[r * n + i0..r * n + i0 + out.len()], out)),
+            // the same transpose as f32 input. Each asks for its row's lines two blocks ahead
+            // (rows are too short for the hardware prefetcher to lock on to).
+            VInput::F16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
+                let row = &x[r * n..(r + 1) * n];
+                prefetch(ahead(row, i0, BLOCK));
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
+            }),
+            VInput::Bf16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
+                let row = &x[r * n..(r + 1) * n];
+                prefetch(ahead(row, i0, BLOCK));
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
+            }),
             VInput::Quant(q) => {
                 let spec = *q.spec();
                 self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
+                    let codes = q.row_codes(r);
+                    prefetch(match spec.bits {
+                        Bits::Int8 => ahead(codes, i0, BLOCK),
+                        Bits::Int4 => ahead(codes, i0 / 2, BLOCK / 2),
+                    });
                     let (scale, zero) = row_params(&spec, q.params(), r, n);
-                    dequantize_span(&spec, scale, zero, q.row_codes(r), i0, out)
+                    dequantize_span(&spec, scale, zero, codes, i0, out)
                 })
             }
         }
