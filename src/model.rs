@@ -436,8 +436,8 @@ fn put_h0(
     match storage {
         H0Storage::F64 => float(tensors, Dtype::F64, &|v| v.to_le_bytes().to_vec()),
         H0Storage::F32 => float(tensors, Dtype::F32, &|v| (v as f32).to_le_bytes().to_vec()),
-        H0Storage::F16 => float(tensors, Dtype::F16, &|v| half::f16::from_f64(v).to_le_bytes().to_vec()),
-        H0Storage::Bf16 => float(tensors, Dtype::BF16, &|v| half::bf16::from_f64(v).to_le_bytes().to_vec()),
+        H0Storage::F16 => float(tensors, Dtype::F16, &|v| crate::precision::f16_from_f64(v).to_le_bytes().to_vec()),
+        H0Storage::Bf16 => float(tensors, Dtype::BF16, &|v| crate::precision::bf16_from_f64(v).to_le_bytes().to_vec()),
         H0Storage::Quant { diag, sup, sub } => {
             meta.insert(format!("{pre}.h0.group_size"), diag.spec.group_size.to_string());
             for ((name, x), tq) in names.iter().zip(parts).zip([diag, sup, sub]) {

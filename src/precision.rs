@@ -162,8 +162,8 @@ impl H0Storage {
         Ok(match prec {
             Precision::Fp64 => (H0Storage::F64, h0.clone()),
             Precision::Fp32 => (H0Storage::F32, round(|x| x as f32 as f64)),
-            Precision::Fp16 => (H0Storage::F16, round(|x| f16::from_f64(x).to_f64())),
-            Precision::Bf16 => (H0Storage::Bf16, round(|x| bf16::from_f64(x).to_f64())),
+            Precision::Fp16 => (H0Storage::F16, round(|x| f16_from_f64(x).to_f64())),
+            Precision::Bf16 => (H0Storage::Bf16, round(|x| bf16_from_f64(x).to_f64())),
             Precision::Int { bits, group } => {
                 let spec = QuantSpec { bits, group_size: group, symmetric: false, dynamic: false };
                 spec.validate("h0")?;
@@ -237,4 +237,88 @@ pub fn float_format(prec: Precision, tensor: &str) -> Result<Option<FloatFormat>
 /// A problem whose H0 is what `storage` decodes to (z unchanged).
 pub fn problem_with_h0(p: &Problem, h0: H0) -> Result<Problem> {
     Problem::new(h0, p.z())
+}
+/// f64 → bf16, rounded to nearest-even once. `half::bf16::from_f64` (half 2.7) is not: for about
+/// 1 value in 20 000 it returns the farther neighbour (the f32 value 1.253907 → 1.25, not
+/// 1.2578125).
+pub fn bf16_from_f64(x: f64) -> bf16 {
+    via_f32_round_to_odd(x, bf16::from_f32)
+}
+
+/// f64 → f16, rounded to nearest-even once (the same construction as [`bf16_from_f64`]).
+pub fn f16_from_f64(x: f64) -> f16 {
+    via_f32_round_to_odd(x, f16::from_f32)
+}
+
+/// Rounds x to f32 *to odd* (toward zero, last bit set when inexact), then with `narrow`
+/// (round to nearest-even). f32 keeps at least two more bits than bf16 or f16 in every range,
+/// so the second rounding sees exactly the ties and sides the first one saw: one correct
+/// rounding in all.
+fn via_f32_round_to_odd<H>(x: f64, narrow: fn(f32) -> H) -> H {
+    let t = x as f32;
+    if !t.is_finite() || t as f64 == x {
+        return narrow(t); // exact, NaN, or past f32's range (past the targets' too)
+    }
+    let mut bits = t.to_bits();
+    if (t as f64).abs() > x.abs() {
+        bits -= 1; // rounded away from zero: one step back (|t| > |x| > 0, so the magnitude is ≥ 1)
+    }
+    narrow(f32::from_bits(bits | 1))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Rng;
+
+    /// `round` rounds to nearest-even: x lies within the midpoints to both neighbours of the
+    /// result (midpoints of adjacent half values are exact in f64), on an even result at a tie.
+    fn check<H: Copy + std::fmt::Debug>(x: f64, round: fn(f64) -> H, bits: fn(H) -> u16, from_bits: fn(u16) -> H, wide: fn(H) -> f64) {
+        let r = round(x);
+        let (b, v) = (bits(r), wide(r));
+        assert!(v.is_finite() && v.abs() > 0.0, "test values stay in the normal range: {x}");
+        let (down, up) = (wide(from_bits(b - 1)), wide(from_bits(b + 1))); // magnitude steps
+        let (lo, hi) = if v > 0.0 { (down, up) } else { (up, down) };
+        let (mlo, mhi) = ((lo + v) / 2.0, (v + hi) / 2.0);
+        assert!(mlo <= x && x <= mhi, "{x} → {r:?} ({v}), neighbours {lo} {hi}");
+        if x == mlo || x == mhi {
+            assert_eq!(b & 1, 0, "{x}: a tie goes to the even neighbour, got {r:?}");
+        }
+    }
+
+    #[test]
+    fn half_conversions_from_f64_round_once_to_nearest_even() {
+        let bf = |x| check(x, bf16_from_f64, bf16::to_bits, bf16::from_bits, bf16::to_f64);
+        let hf = |x| check(x, f16_from_f64, f16::to_bits, f16::from_bits, f16::to_f64);
+        // An f32 value that half's own bf16::from_f64 rounds to the farther neighbour.
+        let x = 1.253_907_f32;
+        bf(x as f64);
+        assert_eq!(bf16_from_f64(x as f64), bf16::from_f32(x));
+        let mut rng = Rng::new(5);
+        for _ in 0..200_000 {
+            let m = if rng.below(2) == 0 { 1.0 } else { -1.0 } * (1.0 + rng.uniform());
+            let x = m * 2f64.powi(rng.below(200) as i32 - 100);
+            let xh = m * 2f64.powi(rng.below(28) as i32 - 14);
+            bf(x);
+            hf(xh);
+            // Exact ties between random neighbours, and points just off them.
+            let b = bf16::from_f64(x).to_bits();
+            let tie = (bf16::from_bits(b).to_f64() + bf16::from_bits(b + 1).to_f64()) / 2.0;
+            for t in [tie, tie * (1.0 + 1e-15), tie * (1.0 - 1e-15)] {
+                bf(t);
+            }
+            let h = f16::from_f64(xh).to_bits();
+            let tie = (f16::from_bits(h).to_f64() + f16::from_bits(h + 1).to_f64()) / 2.0;
+            for t in [tie, tie * (1.0 + 1e-12), tie * (1.0 - 1e-12)] {
+                hf(t);
+            }
+        }
+        // Non-finite values and beyond the f32 range.
+        assert!(bf16_from_f64(f64::NAN).is_nan() && f16_from_f64(f64::NAN).is_nan());
+        assert_eq!(bf16_from_f64(1e300), bf16::INFINITY);
+        assert_eq!(bf16_from_f64(-1e300), bf16::NEG_INFINITY);
+        assert_eq!(f16_from_f64(1e6), f16::INFINITY);
+        assert_eq!(bf16_from_f64(1e-300), bf16::ZERO);
+    }
 }

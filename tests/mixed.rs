@@ -6,7 +6,7 @@ use bk_infer::backend::{self, Backend, Compute, CpuBackend, GFormat, GOutput, So
 use bk_infer::mixed::{allocate, measure_candidates, run_layer, AllocConfig, Candidates, Policy};
 use bk_infer::model::{Layer, Model, ModelMeta};
 use bk_infer::plan::QuantPlan;
-use bk_infer::precision::{FloatFormat, H0Storage, Precision, Storage};
+use bk_infer::precision::{bf16_from_f64, f16_from_f64, FloatFormat, H0Storage, Precision, Storage};
 use bk_infer::workload::{Rng, SeedWorkload};
 use bk_infer::{reference, stats::ErrorStats, Problem};
 use half::{bf16, f16};
@@ -38,9 +38,9 @@ fn half_storage_matches_rounding_of_f32(b: &dyn Backend) {
                 _ => solve(b, &p, VInput::F32(&v), GFormat::C64, compute).to_c128(),
             };
             let GOutput::Cf16(h) = solve(b, &p, VInput::F32(&v), GFormat::Cf16, compute) else { panic!("format") };
-            assert!(h.iter().zip(&exact).all(|(a, e)| a.re == f16::from_f64(e.re) && a.im == f16::from_f64(e.im)), "{} f16 G", b.name());
+            assert!(h.iter().zip(&exact).all(|(a, e)| a.re == f16_from_f64(e.re) && a.im == f16_from_f64(e.im)), "{} f16 G", b.name());
             let GOutput::Cbf16(h) = solve(b, &p, VInput::F32(&v), GFormat::Cbf16, compute) else { panic!("format") };
-            assert!(h.iter().zip(&exact).all(|(a, e)| a.re == bf16::from_f64(e.re) && a.im == bf16::from_f64(e.im)), "{} bf16 G", b.name());
+            assert!(h.iter().zip(&exact).all(|(a, e)| a.re == bf16_from_f64(e.re) && a.im == bf16_from_f64(e.im)), "{} bf16 G", b.name());
         }
     }
 }

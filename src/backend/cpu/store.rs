@@ -4,6 +4,7 @@
 use crate::backend::lanes::{Real, Tile};
 use crate::quant::tensor::{quantize_row, row_params};
 use crate::quant::{dynamic_params_row, AffineParams, QTensor, QuantSpec};
+use crate::precision::{bf16_from_f64, f16_from_f64};
 use half::{bf16, f16};
 use num_complex::{Complex, Complex32, Complex64};
 
@@ -67,8 +68,8 @@ pub(super) fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize
             }
         }
         // One rounding from the computed value (f32 or f64) to the storage type.
-        Chunk::Cf16(out) => store_rows(t, live, out, |x| f16::from_f64(x.to_f64())),
-        Chunk::Cbf16(out) => store_rows(t, live, out, |x| bf16::from_f64(x.to_f64())),
+        Chunk::Cf16(out) => store_rows(t, live, out, |x| f16_from_f64(x.to_f64())),
+        Chunk::Cbf16(out) => store_rows(t, live, out, |x| bf16_from_f64(x.to_f64())),
         Chunk::C128(_) => {}
     }
 }

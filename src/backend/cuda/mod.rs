@@ -200,10 +200,10 @@ impl Backend for CudaBackend {
         if let Some(GOutput::C128(w)) = wide {
             match out {
                 GOutput::Cf16(g) => g.iter_mut().zip(&w).for_each(|(o, c)| {
-                    *o = num_complex::Complex::new(half::f16::from_f64(c.re), half::f16::from_f64(c.im))
+                    *o = num_complex::Complex::new(crate::precision::f16_from_f64(c.re), crate::precision::f16_from_f64(c.im))
                 }),
                 GOutput::Cbf16(g) => g.iter_mut().zip(&w).for_each(|(o, c)| {
-                    *o = num_complex::Complex::new(half::bf16::from_f64(c.re), half::bf16::from_f64(c.im))
+                    *o = num_complex::Complex::new(crate::precision::bf16_from_f64(c.re), crate::precision::bf16_from_f64(c.im))
                 }),
                 _ => {}
             }
