@@ -238,6 +238,7 @@ pub fn float_format(prec: Precision, tensor: &str) -> Result<Option<FloatFormat>
 pub fn problem_with_h0(p: &Problem, h0: H0) -> Result<Problem> {
     Problem::new(h0, p.z())
 }
+
 /// f64 → bf16, rounded to nearest-even once. `half::bf16::from_f64` (half 2.7) is not: for about
 /// 1 value in 20 000 it returns the farther neighbour (the f32 value 1.253907 → 1.25, not
 /// 1.2578125; reported upstream as half-rs issue #151, inputs just above a tie).
@@ -265,7 +266,6 @@ fn via_f32_round_to_odd<H>(x: f64, narrow: fn(f32) -> H) -> H {
     }
     narrow(f32::from_bits(bits | 1))
 }
-
 
 #[cfg(test)]
 mod tests {

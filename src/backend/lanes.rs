@@ -31,15 +31,12 @@ pub(crate) trait Real:
     fn fill_block_f32<const L: usize>(_rows: &[&[f32]; L], _i0: usize, _v: &mut [[Self; L]]) -> bool {
         false
     }
-    /// Lanes 8q..8q + 8 of `g` as eight f32 rows: out[j·stride + i] = g[i][8q + j] for
-    /// i < g.len() (L a multiple of 8; `out` holds 8 rows of `stride` ≥ g.len()).
+    /// Lanes 8q..8q + 8 of `g` as eight f32 rows, out[j·stride + i] = g[i][8q + j] for
+    /// i < g.len() (a multiple of 8), with a vectorised transpose where one exists; returns
+    /// false when the caller must do it.
     #[inline(always)]
-    fn rows_f32<const L: usize>(g: &[[Self; L]], q: usize, out: &mut [f32], stride: usize) {
-        for (i, lane) in g.iter().enumerate() {
-            for j in 0..8 {
-                out[j * stride + i] = lane[q * 8 + j].to_f32();
-            }
-        }
+    fn rows_f32<const L: usize>(_g: &[[Self; L]], _q: usize, _out: &mut [f32], _stride: usize) -> bool {
+        false
     }
     /// Stores positions 0..re.len() of the first `live` lanes as complex64 rows (row l at
     /// l·stride) with a vectorised transpose where one exists; returns false when the caller
@@ -87,20 +84,16 @@ impl Real for f32 {
     }
 
     #[inline(always)]
-    fn rows_f32<const L: usize>(g: &[[Self; L]], q: usize, out: &mut [f32], stride: usize) {
-        let mut done = 0;
+    fn rows_f32<const L: usize>(g: &[[Self; L]], q: usize, out: &mut [f32], stride: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if L % 8 == 0 && q * 8 + 8 <= L && g.len() <= stride && out.len() >= 7 * stride + g.len() && super::transpose::available() {
-            done = g.len() / 8 * 8;
-            // SAFETY: AVX2 is available; lanes 8q..8q + 8 exist; `out` holds 8 rows of
-            // `stride` ≥ done values: all that `rows_from_lanes_f32` needs.
-            unsafe { super::transpose::rows_from_lanes_f32(&g[..done], q, out, stride) };
+        if L % 8 == 0 && q * 8 + 8 <= L && g.len() % 8 == 0 && g.len() <= stride && out.len() >= 7 * stride + g.len() && super::transpose::available() {
+            // SAFETY: AVX2 is available, and the conditions above are all that
+            // `rows_from_lanes_f32` needs.
+            unsafe { super::transpose::rows_from_lanes_f32(g, q, out, stride) };
+            return true;
         }
-        for (i, lane) in g.iter().enumerate().skip(done) {
-            for j in 0..8 {
-                out[j * stride + i] = lane[q * 8 + j];
-            }
-        }
+        let _ = (g, q, out, stride);
+        false
     }
 
     #[inline(always)]

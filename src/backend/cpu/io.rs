@@ -115,6 +115,21 @@ fn ahead<E>(row: &[E], at: usize, block: usize) -> &[E] {
     &row[from..(from + block).min(row.len())]
 }
 
+/// Row blocks of a half-precision input (rows of n), widened exactly to f32 for
+/// [`Io::fill_staged`], each asking for its lines two blocks ahead.
+#[inline(always)]
+fn widen_rows<H>(x: &[H], n: usize) -> impl Fn(usize, usize, &mut [f32]) + '_
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    #[inline(always)]
+    move |r, i0, out| {
+        let row = &x[r * n..(r + 1) * n];
+        prefetch(ahead(row, i0, BLOCK));
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
+    }
+}
+
 impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
     #[inline(always)]
     fn fill(&mut self, i0: usize, v: &mut [[T; L]]) {
@@ -131,16 +146,8 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
             // f32-valued sources: each row's block to f32 first (contiguous, vectorised), then
             // the same transpose as f32 input. Each asks for its row's lines two blocks ahead
             // (rows are too short for the hardware prefetcher to lock on to).
-            VInput::F16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
-                let row = &x[r * n..(r + 1) * n];
-                prefetch(ahead(row, i0, BLOCK));
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
-            }),
-            VInput::Bf16(x) => self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
-                let row = &x[r * n..(r + 1) * n];
-                prefetch(ahead(row, i0, BLOCK));
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
-            }),
+            VInput::F16(x) => self.fill_staged(i0, v, widen_rows(x, n)),
+            VInput::Bf16(x) => self.fill_staged(i0, v, widen_rows(x, n)),
             VInput::Quant(q) => {
                 let spec = *q.spec();
                 self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {

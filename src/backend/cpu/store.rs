@@ -95,7 +95,13 @@ fn store_quant<T: Real, const L: usize>(g: &[[T; L]], live: usize, q: &mut QChun
     let (rb, groups) = (spec.bits.row_bytes(n), spec.groups(n));
     rows.resize(8 * n, 0.0);
     for q8 in 0..live.div_ceil(8) {
-        T::rows_f32(g, q8, rows, n);
+        let n8 = n / 8 * 8;
+        let done = if T::rows_f32(&g[..n8], q8, rows, n) { n8 } else { 0 };
+        for (i, lane) in g.iter().enumerate().skip(done) {
+            for j in 0..8 {
+                rows[j * n + i] = lane[q8 * 8 + j].to_f32();
+            }
+        }
         for j in 0..(live - 8 * q8).min(8) {
             let l = 8 * q8 + j;
             let x = &rows[j * n..(j + 1) * n];
