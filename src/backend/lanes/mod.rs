@@ -406,11 +406,7 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
         let i1 = (i0 + BLOCK).min(n);
         io.fill(i0, &mut v[i0..i1]);
         if i0 == 0 {
-            for q in 0..K {
-                ar[q] = d_re::<T, S, L>(cs, 0, &v[0], q);
-                ar[q].store(&mut g_re[0][q * S::W..]);
-                ai[q].store(&mut g_im[0][q * S::W..]);
-            }
+            first_pivot::<T, S, K, L>(cs, &v[0], &mut g_re[0], &mut g_im[0], &mut ar, &mut ai);
         }
         let from = i0.max(1);
         S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai));
@@ -432,6 +428,26 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
 #[inline(always)]
 fn d_re<T: Real, S: Vector<T = T>, const L: usize>(cs: &Consts<T>, i: usize, v: &[T; L], q: usize) -> S {
     S::splat(cs.c[i]).add(S::load(&v[q * S::W..])).add(S::splat(cs.c_lo[i]))
+}
+
+/// One pivot update x ← d − k/x of chain state (xr, xi), with d = dr + i·d_im and k/x = s·x̄
+/// for s = k/|x|²: two fused multiply-adds off s, which it returns (the G denominators reuse
+/// it with the state from before the update).
+#[inline(always)]
+fn pivot<S: Vector>(ki: S, dr: S, d_im: S, xr: &mut S, xi: &mut S) -> S {
+    let s = ki.div(S::norm2(*xr, *xi));
+    (*xr, *xi) = (S::nmul_add(s, *xr, dr), S::mul_add(s, *xi, d_im));
+    s
+}
+
+/// α_0 = d_0 (no coupling before position 0) into the chain states and the tile's pivot slot 0.
+#[inline(always)]
+fn first_pivot<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<T>, v0: &[T; L], al_re: &mut [T; L], al_im: &mut [T; L], ar: &mut [S; K], ai: &mut [S; K]) {
+    for q in 0..K {
+        (ar[q], ai[q]) = (d_re::<T, S, L>(cs, 0, v0, q), S::splat(cs.d_im));
+        ar[q].store(&mut al_re[q * S::W..]);
+        ai[q].store(&mut al_im[q * S::W..]);
+    }
 }
 
 /// Forward steps from..to: α_i = d_i − k_{i−1}/α_{i−1} into (al_re, al_im). The chain states
@@ -473,9 +489,7 @@ fn fwd_step<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
     let w = S::W;
     let (al_re, al_im) = (&mut al_re[i], &mut al_im[i]);
     for q in 0..K {
-        let s = ki.div(S::norm2(ar[q], ai[q]));
-        let dr = d_re::<T, S, L>(cs, i, &v[i], q);
-        (ar[q], ai[q]) = (S::nmul_add(s, ar[q], dr), S::mul_add(s, ai[q], d_im));
+        pivot(ki, d_re::<T, S, L>(cs, i, &v[i], q), d_im, &mut ar[q], &mut ai[q]);
         ar[q].store(&mut al_re[q * w..]);
         ai[q].store(&mut al_im[q * w..]);
     }
@@ -500,9 +514,7 @@ fn fwd_step_g<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
     let w = S::W;
     let (gr, gi) = (&mut g_re[i], &mut g_im[i]);
     for q in 0..K {
-        let s = ki.div(S::norm2(ar[q], ai[q]));
-        let dr = d_re::<T, S, L>(cs, i, &v[i], q);
-        (ar[q], ai[q]) = (S::nmul_add(s, ar[q], dr), S::mul_add(s, ai[q], d_im));
+        pivot(ki, d_re::<T, S, L>(cs, i, &v[i], q), d_im, &mut ar[q], &mut ai[q]);
         let den = (ar[q].add(S::load(&gr[q * w..])), ai[q].add(S::load(&gi[q * w..])));
         store_inverse::<T, S>(den, &mut gr[q * w..], &mut gi[q * w..]);
     }
@@ -527,12 +539,11 @@ fn bwd_step_b<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
     let w = S::W;
     let (nb_re, nb_im) = (&mut nb_re[i], &mut nb_im[i]);
     for q in 0..K {
-        // b = s·conj(β): −b = (−s·β_re, s·β_im).
-        let s = ki.div(S::norm2(br[q], bi[q]));
-        let dr = d_re::<T, S, L>(cs, i, &v[i], q);
-        S::nmul_add(s, br[q], zero).store(&mut nb_re[q * w..]);
-        s.mul(bi[q]).store(&mut nb_im[q * w..]);
-        (br[q], bi[q]) = (S::nmul_add(s, br[q], dr), S::mul_add(s, bi[q], d_im));
+        // b = s·conj(β_{i+1}): −b = (−s·β_re, s·β_im), from the state before the update.
+        let (pr, pi) = (br[q], bi[q]);
+        let s = pivot(ki, d_re::<T, S, L>(cs, i, &v[i], q), d_im, &mut br[q], &mut bi[q]);
+        S::nmul_add(s, pr, zero).store(&mut nb_re[q * w..]);
+        s.mul(pi).store(&mut nb_im[q * w..]);
     }
 }
 
@@ -596,10 +607,9 @@ fn backward_step<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
         // The denominator α_i − b_i uses β_{i+1}, so it is formed before β moves on.
         let (den_r, den_i) = match ki {
             Some(ki) => {
-                let s = ki.div(S::norm2(br[q], bi[q]));
-                let den = (S::nmul_add(s, br[q], al_r), S::mul_add(s, bi[q], al_i));
-                (br[q], bi[q]) = (S::nmul_add(s, br[q], dr), S::mul_add(s, bi[q], d_im));
-                den
+                let (pr, pi) = (br[q], bi[q]);
+                let s = pivot(ki, dr, d_im, &mut br[q], &mut bi[q]);
+                (S::nmul_add(s, pr, al_r), S::mul_add(s, pi, al_i))
             }
             None => {
                 (br[q], bi[q]) = (dr, d_im);

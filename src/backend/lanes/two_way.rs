@@ -9,7 +9,7 @@
 //! Phase 2: α_i for i ≥ m and G_i = 1/(α_i − b_i); β_i for i < m and G_i = 1/(α_i − b_i).
 //! The split m is a multiple of the I/O block, so both directions fill and drain whole blocks.
 
-use super::{bwd_step_b, d_re, fwd_step, fwd_step_g, backward_step, Consts, Real, Tile, TileIo, Vector, BLOCK};
+use super::{backward_step, bwd_step_b, d_re, first_pivot, fwd_step, fwd_step_g, Consts, Real, Tile, TileIo, Vector, BLOCK};
 
 /// Runs the two-way schedule; `t.v.len()` must be at least 2·BLOCK.
 #[inline(always)]
@@ -39,12 +39,9 @@ pub(super) fn recur_two_way<T: Real, S: Vector<T = T>, const K: usize, const L: 
         let mut f_from = f0;
         if j == 0 {
             // α_0 = d_0 and β_{N−1} = d_{N−1}, b_{N−1} = 0: no coupling at the ends.
+            first_pivot::<T, S, K, L>(cs, &v[0], &mut g_re[0], &mut g_im[0], &mut ar, &mut ai);
             for q in 0..K {
-                ar[q] = d_re::<T, S, L>(cs, 0, &v[0], q);
-                ar[q].store(&mut g_re[0][q * S::W..]);
-                ai[q].store(&mut g_im[0][q * S::W..]);
-                br[q] = d_re::<T, S, L>(cs, n - 1, &v[n - 1], q);
-                bi[q] = d_im;
+                (br[q], bi[q]) = (d_re::<T, S, L>(cs, n - 1, &v[n - 1], q), d_im);
             }
             g_re[n - 1] = [T::ZERO; L];
             g_im[n - 1] = [T::ZERO; L];
