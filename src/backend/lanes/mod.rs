@@ -430,7 +430,7 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
             first_pivot::<T, S, K, L>(cs, &v[0], &mut g_re[0], &mut g_im[0], &mut ar, &mut ai);
         }
         let from = i0.max(1);
-        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai));
+        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai, fwd_step::<T, S, K, L>));
     }
 
     // Backward, over the same blocks from the end. Position N − 1 has no coupling either:
@@ -471,8 +471,9 @@ fn first_pivot<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &C
     }
 }
 
-/// Forward steps from..to: α_i = d_i − k_{i−1}/α_{i−1} into (al_re, al_im). The chain states
-/// stay in registers for the whole block (see [`Vector::isolate`]).
+/// Forward steps from..to with `step` (what each keeps in (al_re, al_im) is the step's: α_i for
+/// [`fwd_step`], 1/α_{i−1} for the one-sided one). The chain states stay in registers for the
+/// whole block (see [`Vector::isolate`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
@@ -484,11 +485,14 @@ fn forward<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
     al_im: &mut [[T; L]],
     ar_out: &mut [S; K],
     ai_out: &mut [S; K],
+    // The arguments of [`fwd_step`]: position i ≥ 1, coupling k_{i−1}, the potentials, the two
+    // slot arrays it writes, the chain states.
+    step: impl Fn(&Consts<T>, usize, S, &[[T; L]], &mut [[T; L]], &mut [[T; L]], &mut [S; K], &mut [S; K]),
 ) {
     let (v, al_re, al_im, k) = (&v[..to], &mut al_re[..to], &mut al_im[..to], &cs.k[..to - 1]);
     let (mut ar, mut ai) = (*ar_out, *ai_out);
     for i in from..to {
-        fwd_step::<T, S, K, L>(cs, i, S::splat(k[i - 1]), v, al_re, al_im, &mut ar, &mut ai);
+        step(cs, i, S::splat(k[i - 1]), v, al_re, al_im, &mut ar, &mut ai);
     }
     (*ar_out, *ai_out) = (ar, ai);
 }

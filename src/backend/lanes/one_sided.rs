@@ -14,7 +14,7 @@
 //! runs in f32 (H0 Hermitian-like, |Im z| ≥ [`crate::backend::AUTO_F64_IM_Z`]); the f64 path and
 //! everything closer to the real axis keep the two-sided schedule.
 
-use super::{d_re, reciprocal, Consts, Real, Tile, TileIo, Vector, BLOCK};
+use super::{d_re, forward, reciprocal, Consts, Real, Tile, TileIo, Vector, BLOCK};
 
 /// Runs the one-sided schedule: the forward pass over blocks as they are filled, r_i over the
 /// pivot slots, then G over them from the end, each block handed to `io` when final.
@@ -33,7 +33,7 @@ pub(super) fn recur_one_sided<T: Real, S: Vector<T = T>, const K: usize, const L
                 ar[q] = d_re::<T, S, L>(cs, 0, &v[0], q);
             }
         }
-        S::isolate(#[inline(always)] || forward_r::<T, S, K, L>(cs, i0.max(1), i1, v, g_re, g_im, &mut ar, &mut ai));
+        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, i0.max(1), i1, v, g_re, g_im, &mut ar, &mut ai, fwd_step_r::<T, S, K, L>));
     }
     // G_{N−1} = r_{N−1}: the last pivot has no successor to leave its r behind.
     let (mut gr, mut gi) = ([zero; K], [zero; K]);
@@ -49,39 +49,33 @@ pub(super) fn recur_one_sided<T: Real, S: Vector<T = T>, const K: usize, const L
     }
 }
 
-/// Forward steps from..to: α_i = d_i − k_{i−1}·r_{i−1}, with r_{i−1} = 1/α_{i−1} kept in
-/// (r_re, r_im) at i − 1. k·α is formed beside the division, so the chain waits for the
-/// division and one fused multiply-add only (multiplying by k after it made the forward pass,
-/// latency-bound, measurably slower).
+/// One forward step at position i ≥ 1 with coupling `ki` = k_{i−1}: α_i = d_i − k_{i−1}·r_{i−1},
+/// keeping r_{i−1} = 1/α_{i−1} in (r_re, r_im) at i − 1. k·α is formed beside the division, so
+/// the chain waits for the division and one fused multiply-add only (multiplying by k after it
+/// made the forward pass, latency-bound, measurably slower).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_r<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
+fn fwd_step_r<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
     cs: &Consts<T>,
-    from: usize,
-    to: usize,
+    i: usize,
+    ki: S,
     v: &[[T; L]],
     r_re: &mut [[T; L]],
     r_im: &mut [[T; L]],
-    ar_out: &mut [S; K],
-    ai_out: &mut [S; K],
+    ar: &mut [S; K],
+    ai: &mut [S; K],
 ) {
-    let (v, r_re, r_im, k) = (&v[..to], &mut r_re[..to], &mut r_im[..to], &cs.k[..to - 1]);
-    let (mut ar, mut ai) = (*ar_out, *ai_out);
     let (d_im, zero, one) = (S::splat(cs.d_im), S::splat(T::ZERO), S::splat(T::from_f64(1.0)));
     let w = S::W;
-    for i in from..to {
-        let ki = S::splat(k[i - 1]);
-        let (rr, ri) = (&mut r_re[i - 1], &mut r_im[i - 1]);
-        for q in 0..K {
-            let t = one.div(S::norm2(ar[q], ai[q]));
-            let (kr, kim) = (ki.mul(ar[q]), ki.mul(ai[q]));
-            ar[q].mul(t).store(&mut rr[q * w..]);
-            S::nmul_add(ai[q], t, zero).store(&mut ri[q * w..]);
-            let dr = d_re::<T, S, L>(cs, i, &v[i], q);
-            (ar[q], ai[q]) = (S::nmul_add(t, kr, dr), S::mul_add(t, kim, d_im));
-        }
+    let (rr, ri) = (&mut r_re[i - 1], &mut r_im[i - 1]);
+    for q in 0..K {
+        let t = one.div(S::norm2(ar[q], ai[q]));
+        let (kr, kim) = (ki.mul(ar[q]), ki.mul(ai[q]));
+        ar[q].mul(t).store(&mut rr[q * w..]);
+        S::nmul_add(ai[q], t, zero).store(&mut ri[q * w..]);
+        let dr = d_re::<T, S, L>(cs, i, &v[i], q);
+        (ar[q], ai[q]) = (S::nmul_add(t, kr, dr), S::mul_add(t, kim, d_im));
     }
-    (*ar_out, *ai_out) = (ar, ai);
 }
 
 /// Backward steps top − 1 down to i0: G_i = r_i·(1 + k_i·r_i·G_{i+1}) over r_i in (g_re, g_im);
