@@ -68,6 +68,8 @@ pub struct Problem {
     k: Vec<f64>,
     diag_f32: Vec<f32>,
     k_f32: Vec<f32>,
+    /// The recursions' constants, built on first use (a `Problem` never changes).
+    consts: Box<crate::backend::lanes::ConstsCache>,
 }
 
 impl Problem {
@@ -84,7 +86,7 @@ impl Problem {
         }
         let diag_f32 = h0.diag.iter().map(|&x| x as f32).collect();
         let k_f32 = k.iter().map(|&x| x as f32).collect();
-        Ok(Problem { h0, z, k, diag_f32, k_f32 })
+        Ok(Problem { h0, z, k, diag_f32, k_f32, consts: Default::default() })
     }
 
     /// The default problem of the seed: Laplacian H0 and z = i.
@@ -107,6 +109,14 @@ impl Problem {
         &self.h0
     }
     /// k_i = h0_super_i · h0_sub_i, length N − 1.
+    pub(crate) fn consts_f32(&self) -> &crate::backend::lanes::Consts<f32> {
+        self.consts.f32(self)
+    }
+
+    pub(crate) fn consts_f64(&self) -> &crate::backend::lanes::Consts<f64> {
+        self.consts.f64(self)
+    }
+
     pub fn k(&self) -> &[f64] {
         &self.k
     }

@@ -8,7 +8,7 @@
 //! a tile in f64 when a value leaves the safe f32 range; a non-finite G from finite input is a
 //! singular matrix, located by the oracle and reported with its row and position.
 
-use super::lanes::{Consts, Real, Recur, Tile};
+use super::lanes::{Real, Recur, Tile};
 use super::{auto_wants_f64, check_call, Backend, Compute, GOutput, SolveInfo, SolveOptions, VInput};
 use super::F32_MAX_V;
 use crate::error::{BkError, Result};
@@ -17,7 +17,6 @@ use crate::quant::QComplex;
 use crate::reference;
 use num_complex::Complex64;
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 // io and vjp test finiteness branch-free with `x − x` (NaN exactly for ±inf and NaN).
 #[allow(clippy::eq_op)]
@@ -173,10 +172,7 @@ impl Ctx<'_> {
                 q_chunks(re, L).into_iter().zip(q_chunks(im, L)).map(|(a, b)| Chunk::Quant(a, b)).collect()
             }
         };
-        // Built on first use: an f32 call rarely needs the f64 constants (only for the tiles
-        // that fall back), and building both was ≈ 10 % of an 8 × 512 call.
-        let (c32, c64) = (OnceLock::new(), OnceLock::new());
-        let tile = |(t, chunk): (usize, Chunk<'_>)| with_scratch::<L, _>(n, |s| self.tile(t, chunk, s, &c32, &c64));
+        let tile = |(t, chunk): (usize, Chunk<'_>)| with_scratch::<L, _>(n, |s| self.tile(t, chunk, s));
         let rows_f64: usize = if rows * n >= PARALLEL_MIN_ELEMS && chunks.len() > 1 {
             chunks.into_par_iter().enumerate().map(tile).try_reduce(|| 0, |a, b| Ok(a + b))?
         } else {
@@ -187,7 +183,7 @@ impl Ctx<'_> {
 
     /// Solves tile `t` into its chunk; returns how many of its rows ran in f64. Runs the whole
     /// tile (transposes, recursion, checks) compiled for AVX2 + FMA where the CPU has them.
-    fn tile<const L: usize>(&self, t: usize, chunk: Chunk<'_>, s: &mut Scratch<L>, c32: &OnceLock<Consts<f32>>, c64: &OnceLock<Consts<f64>>) -> Result<usize>
+    fn tile<const L: usize>(&self, t: usize, chunk: Chunk<'_>, s: &mut Scratch<L>) -> Result<usize>
     where
         f32: Recur<L>,
         f64: Recur<L>,
@@ -200,21 +196,19 @@ impl Ctx<'_> {
                 t: usize,
                 chunk: Chunk<'_>,
                 s: &mut Scratch<L>,
-                c32: &OnceLock<Consts<f32>>,
-                c64: &OnceLock<Consts<f64>>,
             ) -> Result<usize>
             where
                 f32: Recur<L>,
                 f64: Recur<L>,
             {
-                ctx.tile_body::<L, true>(t, chunk, s, c32, c64)
+                ctx.tile_body::<L, true>(t, chunk, s)
             }
             if avx2() {
                 // SAFETY: the CPU reports AVX2 and FMA, the only requirements of `tile_avx2`.
-                return unsafe { tile_avx2(self, t, chunk, s, c32, c64) };
+                return unsafe { tile_avx2(self, t, chunk, s) };
             }
         }
-        self.tile_body::<L, false>(t, chunk, s, c32, c64)
+        self.tile_body::<L, false>(t, chunk, s)
     }
 
     /// With `AVX2`, the caller guarantees the CPU has AVX2 and FMA (only `tile_avx2` sets it).
@@ -224,8 +218,6 @@ impl Ctx<'_> {
         t: usize,
         mut chunk: Chunk<'_>,
         s: &mut Scratch<L>,
-        c32: &OnceLock<Consts<f32>>,
-        c64: &OnceLock<Consts<f64>>,
     ) -> Result<usize>
     where
         f32: Recur<L>,
@@ -238,7 +230,9 @@ impl Ctx<'_> {
             // |Im z| and non-Hermitian H0 to f64, and |α_i| ≥ |Im z| otherwise). What remains is
             // overflow: huge potentials, and anything non-finite, which the f64 pass settles.
             let mut io = Io::<f32, L>::new(self, r0, live, &mut chunk);
-            let c32 = c32.get_or_init(|| Consts::new(self.p));
+            // Built on first use and kept with the problem; an f32 call rarely needs the f64
+            // constants (only for the tiles that fall back).
+            let c32 = self.p.consts_f32();
             // SAFETY: AVX2 is set only by `tile_avx2`, called after checking AVX2 and FMA.
             unsafe { f32::recur::<AVX2>(c32, &mut s.f32, &mut io) };
             let (vmax, bad) = io.finish()?;
@@ -250,7 +244,7 @@ impl Ctx<'_> {
         }
         let t64 = s.f64.get_or_insert_with(|| Tile::new(self.n));
         let mut io = Io::<f64, L>::new(self, r0, live, &mut chunk);
-        let c64 = c64.get_or_init(|| Consts::new(self.p));
+        let c64 = self.p.consts_f64();
         // SAFETY: as for the f32 pass above.
         unsafe { f64::recur::<AVX2>(c64, t64, &mut io) };
         let (_, bad) = io.finish()?;

@@ -75,9 +75,8 @@ fn run<const L: usize>(ctx: &Ctx<'_>, g_bar: GradG<'_>, out: &mut Vjp) -> Result
         Dv::F32(x) => x.chunks_mut(L * n).map(DvChunk::F32).collect(),
         Dv::F64(x) => x.chunks_mut(L * n).map(DvChunk::F64).collect(),
     };
-    let c32 = Consts::<f32>::new(ctx.p);
-    let c64 = Consts::<f64>::new(ctx.p);
-    let work = |s: &mut Scratches<L>, (t, chunk): (usize, DvChunk<'_>)| tile(ctx, t, chunk, g_bar, s, &c32, &c64);
+    let (c32, c64) = (ctx.p.consts_f32(), ctx.p.consts_f64());
+    let work = |s: &mut Scratches<L>, (t, chunk): (usize, DvChunk<'_>)| tile(ctx, t, chunk, g_bar, s, c32, c64);
     let init = || Scratches::<L> { f32: None, f64: None };
     let sums = if rows * n >= PARALLEL_MIN_ELEMS && chunks.len() > 1 {
         chunks

@@ -159,6 +159,7 @@ impl<T: Real, const L: usize> Tile<T, L> {
 
 /// Per-position constants in the compute type: c_i = h0_diag_i − Re z split into a rounded
 /// part and its rounding error c_lo_i, k_i, and −Im z; and which schedule the recursion runs.
+#[derive(Clone)]
 pub(crate) struct Consts<T> {
     pub c: Vec<T>,
     pub c_lo: Vec<T>,
@@ -182,6 +183,29 @@ impl<T: Real> Consts<T> {
             d_im: T::from_f64(-z.im),
             one_sided: T::ONE_SIDED && p.is_hermitian_like() && z.im.abs() >= crate::backend::AUTO_F64_IM_Z,
         }
+    }
+}
+
+/// The constants of one [`crate::problem::Problem`] in both compute types, each built on first
+/// use and kept with the problem: every call built them before (≈ 5 % of an 8 × 512 call).
+#[derive(Clone, Default)]
+pub(crate) struct ConstsCache {
+    f32: std::sync::OnceLock<Consts<f32>>,
+    f64: std::sync::OnceLock<Consts<f64>>,
+}
+
+impl ConstsCache {
+    pub fn f32(&self, p: &crate::problem::Problem) -> &Consts<f32> {
+        self.f32.get_or_init(|| Consts::new(p))
+    }
+    pub fn f64(&self, p: &crate::problem::Problem) -> &Consts<f64> {
+        self.f64.get_or_init(|| Consts::new(p))
+    }
+}
+
+impl std::fmt::Debug for ConstsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConstsCache { .. }")
     }
 }
 
@@ -765,6 +789,22 @@ mod tests {
                         assert!((g - g64).norm() <= tol(1e-13), "f64 L = 8, n {n} i {i} l {l}: {g} vs {g64}");
                     }
                 }
+            }
+        }
+    }
+
+    /// A problem's cached constants are the ones its own H0 and z give, in clones too.
+    #[test]
+    fn cached_constants_are_the_problems_own() {
+        let h0 = crate::problem::H0 { diag: vec![0.5, -1.0, 2.0], sup: vec![1.0, 3.0], sub: vec![2.0, 0.5] };
+        for z in [Complex64::new(0.25, 1.0), Complex64::new(-1.0, 0.01)] {
+            let p = Problem::new(h0.clone(), z).unwrap();
+            let q = p.clone();
+            for p in [&p, &q] {
+                let (a, b) = (p.consts_f32(), Consts::<f32>::new(p));
+                assert_eq!((&a.c, &a.c_lo, &a.k, a.d_im, a.one_sided), (&b.c, &b.c_lo, &b.k, b.d_im, b.one_sided), "z {z}");
+                let (a, b) = (p.consts_f64(), Consts::<f64>::new(p));
+                assert_eq!((&a.c, &a.c_lo, &a.k, a.d_im, a.one_sided), (&b.c, &b.c_lo, &b.k, b.d_im, b.one_sided), "z {z}");
             }
         }
     }
