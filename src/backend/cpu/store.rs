@@ -4,7 +4,8 @@
 use crate::backend::lanes::{Real, Tile};
 use crate::quant::tensor::{quantize_row, row_params};
 use crate::quant::{dynamic_params_row, AffineParams, QTensor, QuantSpec};
-use crate::precision::{bf16_from_f64, f16_from_f64};
+use crate::precision::{bf16_from_f32_slice, bf16_from_f64, f16_from_f64};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use num_complex::{Complex, Complex32, Complex64};
 
@@ -52,26 +53,50 @@ pub(super) enum Chunk<'a> {
 /// tile.
 #[inline(always)]
 pub(super) fn store_unfused<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, chunk: &mut Chunk<'_>, rows: &mut Vec<f32>) {
-    let n = t.v.len();
     match chunk {
         Chunk::Quant(qre, qim) => {
             store_quant(&t.g_re, live, qre, rows);
             store_quant(&t.g_im, live, qim, rows);
         }
-        Chunk::C64(out) => {
-            let n4 = n / 4 * 4;
-            let done = if T::store_c64(&t.g_re[..n4], &t.g_im[..n4], live, out, n) { n4 } else { 0 };
-            for l in 0..live {
-                for i in done..n {
-                    out[l * n + i] = Complex32::new(t.g_re[i][l].to_f32(), t.g_im[i][l].to_f32());
-                }
-            }
-        }
+        Chunk::C64(out) => store_c64_rows(t, live, out),
         // One rounding from the computed value (f32 or f64) to the storage type.
-        Chunk::Cf16(out) => store_rows(t, live, out, |x| f16_from_f64(x.to_f64())),
-        Chunk::Cbf16(out) => store_rows(t, live, out, |x| bf16_from_f64(x.to_f64())),
+        Chunk::Cf16(out) => store_half(t, live, out, rows, f16_from_f64, |x, h| h.convert_from_f32_slice(x)),
+        Chunk::Cbf16(out) => store_half(t, live, out, rows, bf16_from_f64, bf16_from_f32_slice),
         Chunk::C128(_) => {}
     }
+}
+
+/// Complex G of the first `live` lanes as complex64 rows (row l at l·n).
+#[inline(always)]
+fn store_c64_rows<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut [Complex32]) {
+    let n = t.v.len();
+    let n4 = n / 4 * 4;
+    let done = if T::store_c64(&t.g_re[..n4], &t.g_im[..n4], live, out, n) { n4 } else { 0 };
+    for l in 0..live {
+        for i in done..n {
+            out[l * n + i] = Complex32::new(t.g_re[i][l].to_f32(), t.g_im[i][l].to_f32());
+        }
+    }
+}
+
+/// Complex G of the first `live` lanes as half-precision rows, each value rounded once. An f32
+/// tile goes to complex64 rows in `stage` (the vectorised transpose), then every value narrows
+/// with `narrow_f32s` (F16C for f16 where the CPU has it, a loop that vectorises for bf16): the f32 values are what was computed, so
+/// that is the one rounding `narrow` would make (a lane-by-lane scalar store cost 4× the whole
+/// f32 → complex64 call at 4096 × 512). An f64 tile rounds from its f64 values with `narrow`.
+#[inline(always)]
+fn store_half<T: Real, H, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut [Complex<H>], stage: &mut Vec<f32>, narrow: fn(f64) -> H, narrow_f32s: impl Fn(&[f32], &mut [H]))
+where
+    H: bytemuck::Pod,
+    Complex<H>: bytemuck::Pod,
+{
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return store_rows(t, live, out, |x| narrow(x.to_f64()));
+    }
+    let len = live * t.v.len();
+    stage.resize(2 * len, 0.0);
+    store_c64_rows(t, live, bytemuck::cast_slice_mut(&mut stage[..2 * len]));
+    narrow_f32s(&stage[..2 * len], bytemuck::cast_slice_mut(&mut out[..len]));
 }
 
 /// Complex G of the first `live` lanes to rows, each part converted by `conv`.
