@@ -108,15 +108,17 @@ impl Problem {
     pub fn h0(&self) -> &H0 {
         &self.h0
     }
-    /// k_i = h0_super_i · h0_sub_i, length N − 1.
+    /// The recursions' f32 constants (built on first use, then kept).
     pub(crate) fn consts_f32(&self) -> &crate::backend::lanes::Consts<f32> {
         self.consts.f32(self)
     }
 
+    /// The recursions' f64 constants (built on first use, then kept).
     pub(crate) fn consts_f64(&self) -> &crate::backend::lanes::Consts<f64> {
         self.consts.f64(self)
     }
 
+    /// k_i = h0_super_i · h0_sub_i, length N − 1.
     pub fn k(&self) -> &[f64] {
         &self.k
     }

@@ -176,9 +176,9 @@ fn consts_bytes(p: &Problem, f64: bool) -> [Vec<u8>; 3] {
         [bytemuck::cast_slice(&cs.c).to_vec(), bytemuck::cast_slice(&cs.c_lo).to_vec(), bytemuck::cast_slice(&cs.k).to_vec()]
     }
     if f64 {
-        bytes(&Consts::<f64>::new(p))
+        bytes(p.consts_f64())
     } else {
-        bytes(&Consts::<f32>::new(p))
+        bytes(p.consts_f32())
     }
 }
 

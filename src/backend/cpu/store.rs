@@ -81,9 +81,10 @@ fn store_c64_rows<T: Real, const L: usize>(t: &Tile<T, L>, live: usize, out: &mu
 
 /// Complex G of the first `live` lanes as half-precision rows, each value rounded once. An f32
 /// tile goes to complex64 rows in `stage` (the vectorised transpose), then every value narrows
-/// with `narrow_f32s` (F16C for f16 where the CPU has it, a loop that vectorises for bf16): the f32 values are what was computed, so
-/// that is the one rounding `narrow` would make (a lane-by-lane scalar store cost 4× the whole
-/// f32 → complex64 call at 4096 × 512). An f64 tile rounds from its f64 values with `narrow`.
+/// with `narrow_f32s` (F16C for f16 where the CPU has it, a loop that vectorises for bf16): the
+/// f32 values are what was computed, so that is the one rounding `narrow` would make (a
+/// lane-by-lane scalar store cost 4× the whole f32 → complex64 call at 4096 × 512). An f64 tile
+/// rounds from its f64 values with `narrow`.
 #[inline(always)]
 fn store_half<T: Real, H, const L: usize>(t: &Tile<T, L>, live: usize, out: &mut [Complex<H>], stage: &mut Vec<f32>, narrow: fn(f64) -> H, narrow_f32s: impl Fn(&[f32], &mut [H]))
 where

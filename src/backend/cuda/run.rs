@@ -125,9 +125,9 @@ impl ConstDev {
             })
         }
         if f64 {
-            up(stream, &Consts::<f64>::new(p))
+            up(stream, p.consts_f64())
         } else {
-            up(stream, &Consts::<f32>::new(p))
+            up(stream, p.consts_f32())
         }
     }
 }

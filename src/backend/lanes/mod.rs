@@ -440,25 +440,13 @@ fn recur<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<
     if K > 1 && cs.one_sided {
         return one_sided::recur_one_sided::<T, S, K, L>(cs, t, io);
     }
-    let Tile { v, g_re, g_im } = t;
-    let d_im = S::splat(cs.d_im);
-    let zero = S::splat(T::ZERO);
-
-    // Forward. Position 0 has no coupling: α_0 = d_0.
-    let mut ar = [zero; K];
-    let mut ai = [d_im; K];
-    for i0 in (0..n).step_by(BLOCK) {
-        let i1 = (i0 + BLOCK).min(n);
-        io.fill(i0, &mut v[i0..i1]);
-        if i0 == 0 {
-            first_pivot::<T, S, K, L>(cs, &v[0], &mut g_re[0], &mut g_im[0], &mut ar, &mut ai);
-        }
-        let from = i0.max(1);
-        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, from, i1, v, g_re, g_im, &mut ar, &mut ai, fwd_step::<T, S, K, L>));
-    }
+    // Forward: α_i kept in the pivot slots.
+    forward_pass::<T, S, K, L>(cs, t, io, fwd_step::<T, S, K, L>);
 
     // Backward, over the same blocks from the end. Position N − 1 has no coupling either:
     // β_{N−1} = d_{N−1}, and G there needs no division by β.
+    let Tile { v, g_re, g_im } = t;
+    let zero = S::splat(T::ZERO);
     let mut br = [zero; K];
     let mut bi = [zero; K];
     for i0 in (0..n).step_by(BLOCK).rev() {
@@ -493,6 +481,30 @@ fn first_pivot<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &C
         ar[q].store(&mut al_re[q * S::W..]);
         ai[q].store(&mut al_im[q * S::W..]);
     }
+}
+
+/// The forward pass over the whole tile, each block pulled from `io` before the pass reaches
+/// it: α_0 = d_0 (no coupling before position 0) into the chain states and pivot slot 0, then
+/// `step` (see [`forward`]) at every later position. Returns the chain states, α_{N−1}.
+#[inline(always)]
+fn forward_pass<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(
+    cs: &Consts<T>,
+    t: &mut Tile<T, L>,
+    io: &mut impl TileIo<T, L>,
+    step: impl Fn(&Consts<T>, usize, S, &[[T; L]], &mut [[T; L]], &mut [[T; L]], &mut [S; K], &mut [S; K]) + Copy,
+) -> ([S; K], [S; K]) {
+    let n = t.v.len();
+    let Tile { v, g_re, g_im } = t;
+    let (mut ar, mut ai) = ([S::splat(T::ZERO); K], [S::splat(cs.d_im); K]);
+    for i0 in (0..n).step_by(BLOCK) {
+        let i1 = (i0 + BLOCK).min(n);
+        io.fill(i0, &mut v[i0..i1]);
+        if i0 == 0 {
+            first_pivot::<T, S, K, L>(cs, &v[0], &mut g_re[0], &mut g_im[0], &mut ar, &mut ai);
+        }
+        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, i0.max(1), i1, v, g_re, g_im, &mut ar, &mut ai, step));
+    }
+    (ar, ai)
 }
 
 /// Forward steps from..to with `step` (what each keeps in (al_re, al_im) is the step's: α_i for

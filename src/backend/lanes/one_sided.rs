@@ -14,27 +14,18 @@
 //! runs in f32 (H0 Hermitian-like, |Im z| ≥ [`crate::backend::AUTO_F64_IM_Z`]); the f64 path and
 //! everything closer to the real axis keep the two-sided schedule.
 
-use super::{d_re, forward, reciprocal, Consts, Real, Tile, TileIo, Vector, BLOCK};
+use super::{d_re, forward_pass, reciprocal, Consts, Real, Tile, TileIo, Vector, BLOCK};
 
 /// Runs the one-sided schedule: the forward pass over blocks as they are filled, r_i over the
 /// pivot slots, then G over them from the end, each block handed to `io` when final.
 #[inline(always)]
 pub(super) fn recur_one_sided<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(cs: &Consts<T>, t: &mut Tile<T, L>, io: &mut impl TileIo<T, L>) {
     let n = t.v.len();
-    let Tile { v, g_re, g_im } = t;
+    // The α_0 the forward pass leaves in slot 0 is overwritten by r_0 at position 1 (or by G_0
+    // below when N = 1).
+    let (ar, ai) = forward_pass::<T, S, K, L>(cs, t, io, fwd_step_r::<T, S, K, L>);
+    let Tile { g_re, g_im, .. } = t;
     let zero = S::splat(T::ZERO);
-    let (mut ar, mut ai) = ([zero; K], [S::splat(cs.d_im); K]);
-    for i0 in (0..n).step_by(BLOCK) {
-        let i1 = (i0 + BLOCK).min(n);
-        io.fill(i0, &mut v[i0..i1]);
-        if i0 == 0 {
-            // α_0 = d_0: no coupling before position 0.
-            for q in 0..K {
-                ar[q] = d_re::<T, S, L>(cs, 0, &v[0], q);
-            }
-        }
-        S::isolate(#[inline(always)] || forward::<T, S, K, L>(cs, i0.max(1), i1, v, g_re, g_im, &mut ar, &mut ai, fwd_step_r::<T, S, K, L>));
-    }
     // G_{N−1} = r_{N−1}: the last pivot has no successor to leave its r behind.
     let (mut gr, mut gi) = ([zero; K], [zero; K]);
     for q in 0..K {
