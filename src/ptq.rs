@@ -43,7 +43,7 @@ pub fn run(backend: &dyn Backend, p: &Problem, plan: &QuantPlan, v: &[f32], opts
     let v_bytes = input.stored_bytes();
     let s = backend.solve(p, input, &g_format(plan), opts)?;
     let g_bytes = s.g.stored_bytes();
-    Ok(PtqRun { g: s.g, info: SolveInfo { rows: s.rows, rows_f64: s.rows_f64 }, v_bytes, g_bytes })
+    Ok(PtqRun { g: s.g, info: SolveInfo { rows: s.rows, rows_f64: s.rows_f64, ..Default::default() }, v_bytes, g_bytes })
 }
 
 /// Error, size and speed of a plan on one batch.

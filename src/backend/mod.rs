@@ -190,6 +190,9 @@ pub struct SolveInfo {
     pub rows: usize,
     /// Rows computed in f64 (all of them for `Compute::F64`).
     pub rows_f64: usize,
+    /// Whether the rows were cut into chunks, one per lane (the CPU backend's path for calls
+    /// of one or two long rows), rather than run one row per lane.
+    pub chunked: bool,
 }
 
 /// What [`Backend::solve`] returns: G and how it was computed.

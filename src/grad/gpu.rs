@@ -306,7 +306,7 @@ pub fn run<D: VjpDevice>(
     let mut sums = Sums::new(n);
     if rows == 0 {
         sums.finish(p, out);
-        return Ok(SolveInfo { rows: 0, rows_f64: 0 });
+        return Ok(SolveInfo::default());
     }
     let (in_fmt, in_row) = hv.format(n);
     let (gbar_fmt, gbar_row) = match g_bar {
@@ -463,7 +463,7 @@ pub fn run<D: VjpDevice>(
         sums.add_chunk(n, hp, hz);
     }
     sums.finish(p, out);
-    Ok(SolveInfo { rows, rows_f64 })
+    Ok(SolveInfo { rows, rows_f64, ..Default::default() })
 }
 
 /// Sums over rows, added in row order: blocks of [`VJP_BLOCK_ROWS`] rows from the reduction, and

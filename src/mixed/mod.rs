@@ -86,7 +86,7 @@ pub fn run_layer(backend: &dyn Backend, layer: &Layer, v: &[f32], opts: &SolveOp
     let v_bytes = input.stored_bytes();
     let s = backend.solve(p, input, &fmt, opts)?;
     let g_bytes = s.g.stored_bytes();
-    Ok(PtqRun { g: s.g, info: SolveInfo { rows: s.rows, rows_f64: s.rows_f64 }, v_bytes, g_bytes })
+    Ok(PtqRun { g: s.g, info: SolveInfo { rows: s.rows, rows_f64: s.rows_f64, ..Default::default() }, v_bytes, g_bytes })
 }
 
 /// Stored bytes of a layer's v, H0 and G for a batch of `rows` rows, and its element count

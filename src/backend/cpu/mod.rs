@@ -20,6 +20,8 @@ use rayon::prelude::*;
 
 // io and vjp test finiteness branch-free with `x − x` (NaN exactly for ±inf and NaN).
 #[allow(clippy::eq_op)]
+mod chunked;
+#[allow(clippy::eq_op)]
 mod io;
 mod store;
 #[allow(clippy::eq_op)]
@@ -77,6 +79,11 @@ impl Backend for CpuBackend {
             Compute::Auto if auto_wants_f64(p) => Mode::F64,
             Compute::Auto => Mode::F32Fallback,
         };
+        if chunked::wanted(rows, p.n(), out) {
+            if let Some(info) = chunked::solve(p, &v, rows, mode, out, avx2()) {
+                return Ok(info);
+            }
+        }
         let ctx = Ctx { p, v, rows, n: p.n(), mode, policy: opts.nan_policy };
         // Fewer lanes for small batches: padding lanes cost as much as real ones.
         match rows {
@@ -178,7 +185,7 @@ impl Ctx<'_> {
         } else {
             chunks.into_iter().enumerate().map(tile).sum::<Result<usize>>()?
         };
-        Ok(SolveInfo { rows, rows_f64 })
+        Ok(SolveInfo { rows, rows_f64, ..Default::default() })
     }
 
     /// Solves tile `t` into its chunk; returns how many of its rows ran in f64. Runs the whole

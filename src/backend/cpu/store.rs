@@ -49,6 +49,34 @@ pub(super) enum Chunk<'a> {
     Quant(QChunk<'a>, QChunk<'a>),
 }
 
+impl Chunk<'_> {
+    /// Complex values this chunk holds (0 for quantized parts, which count rows of codes).
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Chunk::C64(o) => o.len(),
+            Chunk::C128(o) => o.len(),
+            Chunk::Cf16(o) => o.len(),
+            Chunk::Cbf16(o) => o.len(),
+            Chunk::Quant(..) => 0,
+        }
+    }
+}
+
+/// Positions 0..len of lane `l` of the tile's G into the chunk's values at..at + len, each part
+/// rounded once from the computed value (as the other stores do); quantized parts are not
+/// stored here.
+pub(super) fn store_lane<T: Real, const L: usize>(t: &Tile<T, L>, l: usize, len: usize, chunk: &mut Chunk<'_>, at: usize) {
+    let (re, im) = (t.g_re[..len].iter().map(|x| x[l]), t.g_im[..len].iter().map(|x| x[l]));
+    let parts = re.zip(im);
+    match chunk {
+        Chunk::C64(o) => o[at..at + len].iter_mut().zip(parts).for_each(|(o, (r, i))| *o = Complex32::new(r.to_f32(), i.to_f32())),
+        Chunk::C128(o) => o[at..at + len].iter_mut().zip(parts).for_each(|(o, (r, i))| *o = Complex64::new(r.to_f64(), i.to_f64())),
+        Chunk::Cf16(o) => o[at..at + len].iter_mut().zip(parts).for_each(|(o, (r, i))| *o = Complex::new(f16_from_f64(r.to_f64()), f16_from_f64(i.to_f64()))),
+        Chunk::Cbf16(o) => o[at..at + len].iter_mut().zip(parts).for_each(|(o, (r, i))| *o = Complex::new(bf16_from_f64(r.to_f64()), bf16_from_f64(i.to_f64()))),
+        Chunk::Quant(..) => {}
+    }
+}
+
 /// Stores every format but complex128 (which the block-wise drain writes), from the finished
 /// tile.
 #[inline(always)]

@@ -95,7 +95,7 @@ fn run<const L: usize>(ctx: &Ctx<'_>, g_bar: GradG<'_>, out: &mut Vjp) -> Result
     out.dh0_diag.copy_from_slice(&sums.dd);
     out.set_dk(ctx.p, &sums.dk);
     out.dz = sums.dz;
-    Ok(SolveInfo { rows, rows_f64: sums.rows_f64 })
+    Ok(SolveInfo { rows, rows_f64: sums.rows_f64, ..Default::default() })
 }
 
 struct Scratches<const L: usize> {

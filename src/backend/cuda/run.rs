@@ -437,7 +437,7 @@ pub(super) fn solve(
         cu(stream.synchronize(), || format!("waiting for results on {}", dev.name))?;
         check_rows(p, &hv, opts.nan_policy, r0, &status, &ran_f64, |row| first_nonfinite(out, row, n))?;
     }
-    Ok((SolveInfo { rows, rows_f64 }, copts.time_kernels.then_some(kernel_ms)))
+    Ok((SolveInfo { rows, rows_f64, ..Default::default() }, copts.time_kernels.then_some(kernel_ms)))
 }
 
 fn check_n(n: usize) -> Result<()> {

@@ -1,0 +1,386 @@
+//! Calls of few, long rows: each row cut into chunks, one per lane ([`crate::backend::lanes::chunked`]),
+//! where one row per lane would leave most lanes (and threads) idle and run one long chain of
+//! divisions per row.
+//!
+//! Anything out of the ordinary (a non-finite potential, a non-finite G, a quantized output)
+//! returns `None` before or after computing, and the call runs the batch path, which owns the
+//! NaN policies, the f64 fallback and the singular-pivot report.
+
+use super::io::lane_fold;
+use super::store::{store_lane, store_unfused, Chunk};
+use super::Mode;
+use crate::backend::lanes::chunked::{fix_backward, fix_forward, ChunkTile, Chunked};
+use crate::backend::lanes::{Consts, Real};
+use crate::backend::{GOutput, SolveInfo, VInput, F32_MAX_V};
+use crate::problem::Problem;
+use crate::quant::tensor::{dequantize_span, row_params};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Lanes of a chunk tile: four AVX2 chains of f32 (eight of f64).
+const L: usize = 32;
+/// The shortest chunk: a guessed edge value needs a few dozen positions to fall onto the true
+/// chain (more near the real axis), and each chunk's fix-up reruns that many one lane at a time.
+const MIN_CHUNK: usize = 256;
+/// The fewest positions for which chunking one row pays: a row must fill a tile's lanes with
+/// chunks of [`MIN_CHUNK`]. Measured against the batch path (z = i, 2-core Xeon VM, medians):
+/// 1 × 8192 24 vs 77 µs, 1 × 65536 0.28 vs 0.83 ms (f64 at Im z = 0.001: 79 vs 80 µs and 0.54 vs
+/// 0.83 ms).
+pub(super) const MIN_N: usize = L * MIN_CHUNK;
+/// Two rows fill two threads on the batch path already (in one tile of one chain each), so
+/// chunking them pays only for longer rows: 2 × 16384 178 vs 176 µs, 2 × 65536 0.32 vs 0.79 ms.
+/// From four rows on the batch path's tiles hold more chains and the chunked path, which runs
+/// both chains and G in separate passes, lost (4 × 16384: 257 vs 170 µs).
+const MIN_N_TWO_ROWS: usize = 4 * MIN_N;
+
+/// How rows are cut: `tiles` tiles of L chunks of `c` positions per row (c a multiple of 8,
+/// for the transposes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Geometry {
+    tiles: usize,
+    c: usize,
+}
+
+impl Geometry {
+    /// Enough tiles to give every thread work, none shorter than [`MIN_CHUNK`], none empty.
+    fn new(rows: usize, n: usize, threads: usize) -> Self {
+        let mut tiles = threads
+            .div_ceil(rows)
+            .clamp(1, (n / (L * MIN_CHUNK)).max(1));
+        loop {
+            let c = n.div_ceil(tiles * L).next_multiple_of(8);
+            if tiles == 1 || (tiles - 1) * L * c < n {
+                return Geometry { tiles, c };
+            }
+            tiles -= 1;
+        }
+    }
+    /// Positions per tile.
+    fn span(&self) -> usize {
+        L * self.c
+    }
+}
+
+/// Whether this call goes the chunked way.
+pub(super) fn wanted(rows: usize, n: usize, out: &GOutput) -> bool {
+    let long = match rows {
+        1 => n >= MIN_N,
+        2 => n >= MIN_N_TWO_ROWS,
+        _ => false,
+    };
+    long && !matches!(out, GOutput::Quant(_))
+}
+
+/// Scratch tiles kept between calls (a 65 536-position row needs ≈ 1.8 MB of f32 tiles; fresh
+/// pages on every call cost as much as the solve).
+static SCRATCH: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
+
+fn take_tiles<T: Real>(count: usize, c: usize) -> Vec<ChunkTile<T, L>> {
+    let cached = SCRATCH.lock().ok().and_then(|mut s| s.take());
+    let mut tiles = cached
+        .and_then(|b| b.downcast::<Vec<ChunkTile<T, L>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default();
+    tiles.retain(|t| t.len() == c);
+    tiles.truncate(count);
+    while tiles.len() < count {
+        tiles.push(ChunkTile::new(c));
+    }
+    tiles
+}
+
+fn keep_tiles<T: Real>(tiles: Vec<ChunkTile<T, L>>) {
+    if let Ok(mut s) = SCRATCH.lock() {
+        *s = Some(Box::new(tiles));
+    }
+}
+
+/// Solves the call chunked, or returns `None` (having written nothing final) where the batch
+/// path must: see the module docs.
+pub(super) fn solve(
+    p: &Problem,
+    v: &VInput<'_>,
+    rows: usize,
+    mode: Mode,
+    out: &mut GOutput,
+    avx2: bool,
+) -> Option<SolveInfo> {
+    // f32 potentials beyond F32_MAX_V take the batch path's f64 fallback (found in phase 1).
+    let ok = if mode == Mode::F64 {
+        run::<f64>(p, p.consts_f64(), v, rows, None, out, avx2)
+    } else {
+        run::<f32>(p, p.consts_f32(), v, rows, Some(F32_MAX_V), out, avx2)
+    };
+    ok.then_some(SolveInfo {
+        rows,
+        rows_f64: if mode == Mode::F64 { rows } else { 0 },
+        chunked: true,
+    })
+}
+
+/// Positions from..to of row r of the input in T (`f32s`: scratch for the sources that widen
+/// through f32).
+fn input_span<T: Real>(
+    v: &VInput<'_>,
+    r: usize,
+    n: usize,
+    from: usize,
+    f32s: &mut Vec<f32>,
+    out: &mut [T],
+) {
+    let span = r * n + from..r * n + from + out.len();
+    if !matches!(v, VInput::F32(_) | VInput::F64(_)) {
+        f32s.resize(out.len(), 0.0);
+    }
+    let widen = |f32s: &[f32], out: &mut [T]| {
+        out.iter_mut()
+            .zip(f32s)
+            .for_each(|(o, &x)| *o = T::from_f32(x))
+    };
+    match v {
+        VInput::F32(x) => widen(&x[span], out),
+        VInput::F64(x) => out
+            .iter_mut()
+            .zip(&x[span])
+            .for_each(|(o, &x)| *o = T::from_f64(x)),
+        VInput::F16(x) => {
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s);
+            widen(f32s, out)
+        }
+        VInput::Bf16(x) => {
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s);
+            widen(f32s, out)
+        }
+        VInput::Quant(q) => {
+            let spec = *q.spec();
+            let (scale, zero) = row_params(&spec, q.params(), r, n);
+            dequantize_span(&spec, scale, zero, q.row_codes(r), from, f32s);
+            widen(f32s, out)
+        }
+    }
+}
+
+/// The three phases in compute type T; false where the batch path must take over: a
+/// non-finite potential, one beyond `vmax` (the f32 range), or a non-finite G.
+fn run<T: Real + Chunked<L>>(
+    p: &Problem,
+    cs: &Consts<T>,
+    v: &VInput<'_>,
+    rows: usize,
+    vmax: Option<f64>,
+    out: &mut GOutput,
+    avx2: bool,
+) -> bool {
+    let n = p.n();
+    let g = Geometry::new(rows, n, rayon::current_num_threads());
+    let Some(outs) = tile_outputs(out, n, rows, g) else {
+        return false;
+    };
+    let mut tiles = take_tiles::<T>(rows * g.tiles, g.c);
+    // The couplings, padded with 0 (none past the row's end), shared by every row.
+    let mut k = vec![T::ZERO; g.tiles * g.span()];
+    k[..n - 1].copy_from_slice(&cs.k[..n - 1]);
+    let d_im = cs.d_im;
+    let too_big = vmax.map_or(T::from_f64(f64::INFINITY), T::from_f64);
+
+    // Phase 1, per tile: Re d formed as the batch recursion forms it (padding: d = 1), both
+    // chains from guessed edges.
+    let ok = tiles.par_iter_mut().enumerate().all(|(j, ct)| {
+        with_avx2(
+            avx2,
+            #[inline(always)]
+            || {
+                let (r, first) = (j / g.tiles, (j % g.tiles) * g.span());
+                let live = n.min(first + g.span()) - first;
+                let d = &mut ct.d_row;
+                input_span(v, r, n, first, &mut ct.f32s, &mut d[..live]);
+                // Finite (x − x is 0 exactly for finite x) and within the range of T's arithmetic, in
+                // per-lane folds that vectorise.
+                let (bad, big) = check_rows(&d[..live]);
+                if bad != T::ZERO || big > too_big {
+                    return false;
+                }
+                let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
+                for ((x, &c), &lo) in d[..live].iter_mut().zip(c).zip(c_lo) {
+                    *x = c + *x + lo;
+                }
+                d[live..].fill(T::from_f64(1.0));
+                let d_rows: [&[T]; L] = std::array::from_fn(|l| &ct.d_row[l * g.c..][..g.c]);
+                T::fill_lanes(&d_rows, &mut ct.t.v);
+                let k_rows: [&[T]; L] = std::array::from_fn(|l| &k[first + l * g.c..][..g.c]);
+                T::fill_lanes(&k_rows, &mut ct.k);
+                ct.k_in = std::array::from_fn(|l| {
+                    if first + l * g.c == 0 {
+                        T::ZERO
+                    } else {
+                        k[first + l * g.c - 1]
+                    }
+                });
+                ct.guess_edges(d_im);
+                // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
+                unsafe {
+                    if avx2 {
+                        T::speculate::<true>(ct, d_im)
+                    } else {
+                        T::speculate::<false>(ct, d_im)
+                    }
+                }
+                true
+            },
+        )
+    });
+    if !ok {
+        keep_tiles(tiles);
+        return false;
+    }
+
+    // Phases 2 and 3, per row: each chain rerun from its neighbour's true edge, in row order;
+    // then per tile: G, checked, stored.
+    let chunks = n.div_ceil(g.c);
+    let mut outs = outs;
+    let ok = tiles
+        .par_chunks_mut(g.tiles)
+        .zip(outs.par_chunks_mut(g.tiles))
+        .all(|(row, outs)| {
+            fix_row(row, chunks, g.c, d_im);
+            row.par_iter_mut().zip(outs).all(|(ct, chunk)| {
+                with_avx2(
+                    avx2,
+                    #[inline(always)]
+                    || finish_tile(ct, chunk, g.c, avx2),
+                )
+            })
+        });
+    keep_tiles(tiles);
+    ok
+}
+
+/// Runs `f` compiled for AVX2 + FMA where `avx2` says the CPU has them (the staging, checks
+/// and stores around the vectorised passes).
+#[inline(always)]
+fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        /// # Safety
+        /// The CPU must have AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
+        return unsafe { on(f) };
+    }
+    f()
+}
+
+/// Phase 2 for one row's tiles: both chains of every chunk rerun from the true edge values,
+/// forward in row order, backward in reverse; `chunks` of them hold positions of the row.
+fn fix_row<T: Real>(row: &mut [ChunkTile<T, L>], chunks: usize, c: usize, d_im: T) {
+    let at = |m: usize| (m / L, m % L);
+    for m in 1..chunks {
+        let ((tp, lp), (t, l)) = (at(m - 1), at(m));
+        let carry = (row[tp].t.g_re[c - 1][lp], row[tp].t.g_im[c - 1][lp]);
+        fix_forward(&mut row[t], l, carry, d_im);
+    }
+    for m in (0..chunks - 1).rev() {
+        let ((tn, ln), (t, l)) = (at(m + 1), at(m));
+        let carry = (row[tn].b_re[0][ln], row[tn].b_im[0][ln]);
+        fix_backward(&mut row[t], l, carry, d_im);
+    }
+}
+
+/// Phase 3 for one tile: G, checked for finiteness, stored into the tile's share of the
+/// output (`c` positions per chunk, the row's last chunk possibly shorter). False for a
+/// non-finite G.
+fn finish_tile<T: Real + Chunked<L>>(
+    ct: &mut ChunkTile<T, L>,
+    chunk: &mut Chunk<'_>,
+    c: usize,
+    avx2: bool,
+) -> bool {
+    // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
+    unsafe {
+        if avx2 {
+            T::finish::<true>(ct)
+        } else {
+            T::finish::<false>(ct)
+        }
+    }
+    // Padding and empty lanes hold finite values by construction, so whole planes are checked:
+    // x − x is 0 exactly for finite x.
+    let bad = |g: &[[T; L]]| {
+        lane_fold(g, |x| x - x, |a, b| a + b)
+            .iter()
+            .fold(T::ZERO, |a, &b| a + b)
+    };
+    if bad(&ct.t.g_re) + bad(&ct.t.g_im) != T::ZERO {
+        return false;
+    }
+    let len = chunk.len();
+    let (full, part) = (len / c, len % c);
+    if full > 0 && !matches!(chunk, Chunk::C128(_)) {
+        store_unfused(&ct.t, full, chunk, &mut ct.f32s);
+    } else {
+        for l in 0..full {
+            store_lane(&ct.t, l, c, chunk, l * c);
+        }
+    }
+    if part > 0 {
+        store_lane(&ct.t, full, part, chunk, full * c);
+    }
+    true
+}
+
+/// Σ (x − x) (0 exactly when every x is finite) and max |x| (a NaN never counts as larger),
+/// each in eight running folds so that they vectorise.
+fn check_rows<T: Real>(x: &[T]) -> (T, T) {
+    let abs = |x: T| if x < T::ZERO { -x } else { x };
+    let max = |m: T, a: T| if a > m { a } else { m };
+    let (mut bad, mut big) = ([T::ZERO; 8], [T::ZERO; 8]);
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for j in 0..8 {
+            bad[j] = bad[j] + (c[j] - c[j]);
+            big[j] = max(big[j], abs(c[j]));
+        }
+    }
+    for &t in it.remainder() {
+        bad[0] = bad[0] + (t - t);
+        big[0] = max(big[0], abs(t));
+    }
+    (
+        bad.iter().fold(T::ZERO, |a, &b| a + b),
+        big.iter().fold(T::ZERO, |m, &a| max(m, a)),
+    )
+}
+
+/// The output cut into each tile's share, row by row (the last of a row shorter); `None` for a
+/// quantized output, which quantizes whole rows (the batch path's job).
+fn tile_outputs(out: &mut GOutput, n: usize, rows: usize, g: Geometry) -> Option<Vec<Chunk<'_>>> {
+    let span = g.span();
+    let outs: Vec<Chunk<'_>> = match out {
+        GOutput::C64(o) => o
+            .chunks_mut(n)
+            .flat_map(|r| r.chunks_mut(span))
+            .map(Chunk::C64)
+            .collect(),
+        GOutput::C128(o) => o
+            .chunks_mut(n)
+            .flat_map(|r| r.chunks_mut(span))
+            .map(Chunk::C128)
+            .collect(),
+        GOutput::Cf16(o) => o
+            .chunks_mut(n)
+            .flat_map(|r| r.chunks_mut(span))
+            .map(Chunk::Cf16)
+            .collect(),
+        GOutput::Cbf16(o) => o
+            .chunks_mut(n)
+            .flat_map(|r| r.chunks_mut(span))
+            .map(Chunk::Cbf16)
+            .collect(),
+        GOutput::Quant(_) => return None,
+    };
+    // Geometry::new leaves no tile empty, so every tile has its share.
+    (outs.len() == rows * g.tiles).then_some(outs)
+}
