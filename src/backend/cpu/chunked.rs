@@ -17,21 +17,28 @@ use crate::quant::tensor::{dequantize_span, row_params};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
+/// From this many values on a call spreads over the threads (rows on threads of their own, a
+/// single row's tiles over them): below, waking the pool cost more than it saved (scratch loop,
+/// medians, one thread vs two: 1 × 16 384 53 vs 151 µs, 1 × 65 536 270 vs 322 µs, 2 × 16 384
+/// 90 vs 146 µs; but 2 × 65 536 519 vs 339 µs).
+const PARALLEL_MIN_ELEMS: usize = 1 << 17;
+
 /// Lanes of a chunk tile: four AVX2 chains of f32 (eight of f64).
 const L: usize = 32;
 /// The shortest chunk: a guessed edge value needs a few dozen positions to fall onto the true
 /// chain (more near the real axis), and each chunk's fix-up reruns that many one lane at a time.
-const MIN_CHUNK: usize = 256;
+const MIN_CHUNK: usize = 128;
 /// The fewest positions for which chunking one row pays: a row must fill a tile's lanes with
-/// chunks of [`MIN_CHUNK`]. Measured against the batch path (z = i, 2-core Xeon VM, medians):
-/// 1 × 8192 24 vs 77 µs, 1 × 65536 0.28 vs 0.83 ms (f64 at Im z = 0.001: 79 vs 80 µs and 0.54 vs
-/// 0.83 ms).
-pub(super) const MIN_N: usize = L * MIN_CHUNK;
-/// Two rows fill two threads on the batch path already (in one tile of one chain each), so
-/// chunking them pays only for longer rows: 2 × 16384 178 vs 176 µs, 2 × 65536 0.32 vs 0.79 ms.
-/// From four rows on the batch path's tiles hold more chains and the chunked path, which runs
-/// both chains and G in separate passes, lost (4 × 16384: 257 vs 170 µs).
-const MIN_N_TWO_ROWS: usize = 4 * MIN_N;
+/// chunks of [`MIN_CHUNK`].
+const MIN_N: usize = L * MIN_CHUNK;
+/// The most rows a chunked call takes. Measured against the batch path (scratch loop over
+/// `solve_into`, medians of 200 calls, z = i, 2-core Xeon VM), chunked wins at 1 × 4096 (16 vs
+/// 42 µs), 1 × 65 536 (0.25 vs 0.85 ms), 2 × 8192 (51 vs 85 µs), 4 × 65 536 (0.57 vs 0.94 ms), and
+/// loses at 4 × 16 384 (218 vs 197 µs, one thread; 214 on two) and 8 × 16 384 (294 vs 241 µs):
+/// with several rows the batch path's tiles hold several chains, and the chunked path runs
+/// both chains and G in separate passes. So: one row from [`MIN_N`] positions, two from
+/// 2·[`MIN_N`], up to four when the call is large enough to spread over the threads.
+const MAX_ROWS: usize = 4;
 
 /// How rows are cut: `tiles` tiles of L chunks of `c` positions per row (c a multiple of 8,
 /// for the transposes).
@@ -44,9 +51,7 @@ struct Geometry {
 impl Geometry {
     /// Enough tiles to give every thread work, none shorter than [`MIN_CHUNK`], none empty.
     fn new(rows: usize, n: usize, threads: usize) -> Self {
-        let mut tiles = threads
-            .div_ceil(rows)
-            .clamp(1, (n / (L * MIN_CHUNK)).max(1));
+        let mut tiles = threads.div_ceil(rows).clamp(1, (n / (L * MIN_CHUNK)).max(1));
         loop {
             let c = n.div_ceil(tiles * L).next_multiple_of(8);
             if tiles == 1 || (tiles - 1) * L * c < n {
@@ -64,8 +69,8 @@ impl Geometry {
 /// Whether this call goes the chunked way.
 pub(super) fn wanted(rows: usize, n: usize, out: &GOutput) -> bool {
     let long = match rows {
-        1 => n >= MIN_N,
-        2 => n >= MIN_N_TWO_ROWS,
+        1 | 2 => n >= rows * MIN_N,
+        3..=MAX_ROWS => rows * n >= 2 * PARALLEL_MIN_ELEMS,
         _ => false,
     };
     long && !matches!(out, GOutput::Quant(_))
@@ -77,10 +82,7 @@ static SCRATCH: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
 
 fn take_tiles<T: Real>(count: usize, c: usize) -> Vec<ChunkTile<T, L>> {
     let cached = SCRATCH.lock().ok().and_then(|mut s| s.take());
-    let mut tiles = cached
-        .and_then(|b| b.downcast::<Vec<ChunkTile<T, L>>>().ok())
-        .map(|b| *b)
-        .unwrap_or_default();
+    let mut tiles = cached.and_then(|b| b.downcast::<Vec<ChunkTile<T, L>>>().ok()).map(|b| *b).unwrap_or_default();
     tiles.retain(|t| t.len() == c);
     tiles.truncate(count);
     while tiles.len() < count {
@@ -97,52 +99,27 @@ fn keep_tiles<T: Real>(tiles: Vec<ChunkTile<T, L>>) {
 
 /// Solves the call chunked, or returns `None` (having written nothing final) where the batch
 /// path must: see the module docs.
-pub(super) fn solve(
-    p: &Problem,
-    v: &VInput<'_>,
-    rows: usize,
-    mode: Mode,
-    out: &mut GOutput,
-    avx2: bool,
-) -> Option<SolveInfo> {
+pub(super) fn solve(p: &Problem, v: &VInput<'_>, rows: usize, mode: Mode, out: &mut GOutput, avx2: bool) -> Option<SolveInfo> {
     // f32 potentials beyond F32_MAX_V take the batch path's f64 fallback (found in phase 1).
     let ok = if mode == Mode::F64 {
         run::<f64>(p, p.consts_f64(), v, rows, None, out, avx2)
     } else {
         run::<f32>(p, p.consts_f32(), v, rows, Some(F32_MAX_V), out, avx2)
     };
-    ok.then_some(SolveInfo {
-        rows,
-        rows_f64: if mode == Mode::F64 { rows } else { 0 },
-        chunked: true,
-    })
+    ok.then_some(SolveInfo { rows, rows_f64: if mode == Mode::F64 { rows } else { 0 }, chunked: true })
 }
 
 /// Positions from..to of row r of the input in T (`f32s`: scratch for the sources that widen
 /// through f32).
-fn input_span<T: Real>(
-    v: &VInput<'_>,
-    r: usize,
-    n: usize,
-    from: usize,
-    f32s: &mut Vec<f32>,
-    out: &mut [T],
-) {
+fn input_span<T: Real>(v: &VInput<'_>, r: usize, n: usize, from: usize, f32s: &mut Vec<f32>, out: &mut [T]) {
     let span = r * n + from..r * n + from + out.len();
     if !matches!(v, VInput::F32(_) | VInput::F64(_)) {
         f32s.resize(out.len(), 0.0);
     }
-    let widen = |f32s: &[f32], out: &mut [T]| {
-        out.iter_mut()
-            .zip(f32s)
-            .for_each(|(o, &x)| *o = T::from_f32(x))
-    };
+    let widen = |f32s: &[f32], out: &mut [T]| out.iter_mut().zip(f32s).for_each(|(o, &x)| *o = T::from_f32(x));
     match v {
         VInput::F32(x) => widen(&x[span], out),
-        VInput::F64(x) => out
-            .iter_mut()
-            .zip(&x[span])
-            .for_each(|(o, &x)| *o = T::from_f64(x)),
+        VInput::F64(x) => out.iter_mut().zip(&x[span]).for_each(|(o, &x)| *o = T::from_f64(x)),
         VInput::F16(x) => {
             half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s);
             widen(f32s, out)
@@ -160,44 +137,88 @@ fn input_span<T: Real>(
     }
 }
 
+/// What every tile of a call shares.
+struct Call<'a, T> {
+    cs: &'a Consts<T>,
+    v: &'a VInput<'a>,
+    n: usize,
+    g: Geometry,
+    /// The couplings, padded with 0 (none past the row's end).
+    k: Vec<T>,
+    /// The largest |v| the compute type takes (the batch path falls back to f64 beyond).
+    too_big: T,
+    avx2: bool,
+}
+
 /// The three phases in compute type T; false where the batch path must take over: a
 /// non-finite potential, one beyond `vmax` (the f32 range), or a non-finite G.
-fn run<T: Real + Chunked<L>>(
-    p: &Problem,
-    cs: &Consts<T>,
-    v: &VInput<'_>,
-    rows: usize,
-    vmax: Option<f64>,
-    out: &mut GOutput,
-    avx2: bool,
-) -> bool {
+fn run<T: Real + Chunked<L>>(p: &Problem, cs: &Consts<T>, v: &VInput<'_>, rows: usize, vmax: Option<f64>, out: &mut GOutput, avx2: bool) -> bool {
     let n = p.n();
-    let g = Geometry::new(rows, n, rayon::current_num_threads());
-    let Some(outs) = tile_outputs(out, n, rows, g) else {
+    let threads = rayon::current_num_threads();
+    let parallel = rows * n >= PARALLEL_MIN_ELEMS && threads > 1;
+    let g = Geometry::new(rows, n, if parallel { threads } else { 1 });
+    let Some(mut outs) = tile_outputs(out, n, rows, g) else {
         return false;
     };
     let mut tiles = take_tiles::<T>(rows * g.tiles, g.c);
-    // The couplings, padded with 0 (none past the row's end), shared by every row.
     let mut k = vec![T::ZERO; g.tiles * g.span()];
     k[..n - 1].copy_from_slice(&cs.k[..n - 1]);
-    let d_im = cs.d_im;
-    let too_big = vmax.map_or(T::from_f64(f64::INFINITY), T::from_f64);
+    let call = Call { cs, v, n, g, k, too_big: vmax.map_or(T::from_f64(f64::INFINITY), T::from_f64), avx2 };
+    let rows_of = |(r, (tiles, outs)): (usize, (&mut [ChunkTile<T, L>], &mut [Chunk<'_>]))| call.row(r, tiles, outs, parallel);
+    // Rows on threads of their own where there are several; one row's tiles share the threads.
+    let ok = if parallel && rows > 1 {
+        tiles.par_chunks_mut(g.tiles).zip(outs.par_chunks_mut(g.tiles)).enumerate().all(rows_of)
+    } else {
+        tiles.chunks_mut(g.tiles).zip(outs.chunks_mut(g.tiles)).enumerate().all(rows_of)
+    };
+    keep_tiles(tiles);
+    ok
+}
 
-    // Phase 1, per tile: Re d formed as the batch recursion forms it (padding: d = 1), both
-    // chains from guessed edges.
-    let ok = tiles.par_iter_mut().enumerate().all(|(j, ct)| {
+impl<T: Real + Chunked<L>> Call<'_, T> {
+    /// Row r through the three phases: its tiles from guessed edges, its chains fixed in row
+    /// order, G. With `parallel`, a row of several tiles spreads them over the threads.
+    fn row(&self, r: usize, tiles: &mut [ChunkTile<T, L>], outs: &mut [Chunk<'_>], parallel: bool) -> bool {
+        let ok = if parallel && tiles.len() > 1 {
+            tiles.par_iter_mut().enumerate().all(|(t, ct)| self.speculate(r, t, ct))
+        } else {
+            tiles.iter_mut().enumerate().all(|(t, ct)| self.speculate(r, t, ct))
+        };
+        if !ok {
+            return false;
+        }
+        fix_row(tiles, self.n.div_ceil(self.g.c), self.cs.d_im);
+        let c = self.g.c;
+        let finish = |(ct, chunk): (&mut ChunkTile<T, L>, &mut Chunk<'_>)| {
+            with_avx2(
+                self.avx2,
+                #[inline(always)]
+                || finish_tile(ct, chunk, c, self.avx2),
+            )
+        };
+        if parallel && tiles.len() > 1 {
+            tiles.par_iter_mut().zip(outs).all(finish)
+        } else {
+            tiles.iter_mut().zip(outs).all(finish)
+        }
+    }
+
+    /// Phase 1 for tile t of row r: Re d formed as the batch recursion forms it (padding: d = 1),
+    /// checked, transposed into lanes with the couplings, both chains from guessed edges.
+    fn speculate(&self, r: usize, t: usize, ct: &mut ChunkTile<T, L>) -> bool {
         with_avx2(
-            avx2,
+            self.avx2,
             #[inline(always)]
             || {
-                let (r, first) = (j / g.tiles, (j % g.tiles) * g.span());
+                let (g, n, cs) = (self.g, self.n, self.cs);
+                let first = t * g.span();
                 let live = n.min(first + g.span()) - first;
                 let d = &mut ct.d_row;
-                input_span(v, r, n, first, &mut ct.f32s, &mut d[..live]);
-                // Finite (x − x is 0 exactly for finite x) and within the range of T's arithmetic, in
-                // per-lane folds that vectorise.
+                input_span(self.v, r, n, first, &mut ct.f32s, &mut d[..live]);
+                // Finite (x − x is 0 exactly for finite x) and within the range of T's arithmetic,
+                // in per-lane folds that vectorise.
                 let (bad, big) = check_rows(&d[..live]);
-                if bad != T::ZERO || big > too_big {
+                if bad != T::ZERO || big > self.too_big {
                     return false;
                 }
                 let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
@@ -207,52 +228,23 @@ fn run<T: Real + Chunked<L>>(
                 d[live..].fill(T::from_f64(1.0));
                 let d_rows: [&[T]; L] = std::array::from_fn(|l| &ct.d_row[l * g.c..][..g.c]);
                 T::fill_lanes(&d_rows, &mut ct.t.v);
+                let k = &self.k;
                 let k_rows: [&[T]; L] = std::array::from_fn(|l| &k[first + l * g.c..][..g.c]);
                 T::fill_lanes(&k_rows, &mut ct.k);
-                ct.k_in = std::array::from_fn(|l| {
-                    if first + l * g.c == 0 {
-                        T::ZERO
-                    } else {
-                        k[first + l * g.c - 1]
-                    }
-                });
-                ct.guess_edges(d_im);
+                ct.k_in = std::array::from_fn(|l| if first + l * g.c == 0 { T::ZERO } else { k[first + l * g.c - 1] });
+                ct.guess_edges(cs.d_im);
                 // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
                 unsafe {
-                    if avx2 {
-                        T::speculate::<true>(ct, d_im)
+                    if self.avx2 {
+                        T::speculate::<true>(ct, cs.d_im)
                     } else {
-                        T::speculate::<false>(ct, d_im)
+                        T::speculate::<false>(ct, cs.d_im)
                     }
                 }
                 true
             },
         )
-    });
-    if !ok {
-        keep_tiles(tiles);
-        return false;
     }
-
-    // Phases 2 and 3, per row: each chain rerun from its neighbour's true edge, in row order;
-    // then per tile: G, checked, stored.
-    let chunks = n.div_ceil(g.c);
-    let mut outs = outs;
-    let ok = tiles
-        .par_chunks_mut(g.tiles)
-        .zip(outs.par_chunks_mut(g.tiles))
-        .all(|(row, outs)| {
-            fix_row(row, chunks, g.c, d_im);
-            row.par_iter_mut().zip(outs).all(|(ct, chunk)| {
-                with_avx2(
-                    avx2,
-                    #[inline(always)]
-                    || finish_tile(ct, chunk, g.c, avx2),
-                )
-            })
-        });
-    keep_tiles(tiles);
-    ok
 }
 
 /// Runs `f` compiled for AVX2 + FMA where `avx2` says the CPU has them (the staging, checks
@@ -274,30 +266,19 @@ fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
 }
 
 /// Phase 2 for one row's tiles: both chains of every chunk rerun from the true edge values,
-/// forward in row order, backward in reverse; `chunks` of them hold positions of the row.
-fn fix_row<T: Real>(row: &mut [ChunkTile<T, L>], chunks: usize, c: usize, d_im: T) {
-    let at = |m: usize| (m / L, m % L);
-    for m in 1..chunks {
-        let ((tp, lp), (t, l)) = (at(m - 1), at(m));
-        let carry = (row[tp].t.g_re[c - 1][lp], row[tp].t.g_im[c - 1][lp]);
-        fix_forward(&mut row[t], l, carry, d_im);
-    }
-    for m in (0..chunks - 1).rev() {
-        let ((tn, ln), (t, l)) = (at(m + 1), at(m));
-        let carry = (row[tn].b_re[0][ln], row[tn].b_im[0][ln]);
-        fix_backward(&mut row[t], l, carry, d_im);
-    }
+/// forward in row order and backward in reverse; `chunks` of the tiles' lanes hold positions of
+/// the row. (The two directions are independent, but running them on two threads measured
+/// slower: waking the second thread cost more than the reruns, 1 × 8192 25 → 43 µs.)
+fn fix_row<T: Real>(row: &mut [ChunkTile<T, L>], chunks: usize, d_im: T) {
+    let (mut fw, mut bw): (Vec<_>, Vec<_>) = row.iter_mut().map(|t| t.split()).unzip();
+    fix_forward(&mut fw, chunks, d_im);
+    fix_backward(&mut bw, chunks, d_im);
 }
 
 /// Phase 3 for one tile: G, checked for finiteness, stored into the tile's share of the
 /// output (`c` positions per chunk, the row's last chunk possibly shorter). False for a
 /// non-finite G.
-fn finish_tile<T: Real + Chunked<L>>(
-    ct: &mut ChunkTile<T, L>,
-    chunk: &mut Chunk<'_>,
-    c: usize,
-    avx2: bool,
-) -> bool {
+fn finish_tile<T: Real + Chunked<L>>(ct: &mut ChunkTile<T, L>, chunk: &mut Chunk<'_>, c: usize, avx2: bool) -> bool {
     // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
     unsafe {
         if avx2 {
@@ -308,11 +289,7 @@ fn finish_tile<T: Real + Chunked<L>>(
     }
     // Padding and empty lanes hold finite values by construction, so whole planes are checked:
     // x − x is 0 exactly for finite x.
-    let bad = |g: &[[T; L]]| {
-        lane_fold(g, |x| x - x, |a, b| a + b)
-            .iter()
-            .fold(T::ZERO, |a, &b| a + b)
-    };
+    let bad = |g: &[[T; L]]| lane_fold(g, |x| x - x, |a, b| a + b).iter().fold(T::ZERO, |a, &b| a + b);
     if bad(&ct.t.g_re) + bad(&ct.t.g_im) != T::ZERO {
         return false;
     }
@@ -348,10 +325,7 @@ fn check_rows<T: Real>(x: &[T]) -> (T, T) {
         bad[0] = bad[0] + (t - t);
         big[0] = max(big[0], abs(t));
     }
-    (
-        bad.iter().fold(T::ZERO, |a, &b| a + b),
-        big.iter().fold(T::ZERO, |m, &a| max(m, a)),
-    )
+    (bad.iter().fold(T::ZERO, |a, &b| a + b), big.iter().fold(T::ZERO, |m, &a| max(m, a)))
 }
 
 /// The output cut into each tile's share, row by row (the last of a row shorter); `None` for a
@@ -359,26 +333,10 @@ fn check_rows<T: Real>(x: &[T]) -> (T, T) {
 fn tile_outputs(out: &mut GOutput, n: usize, rows: usize, g: Geometry) -> Option<Vec<Chunk<'_>>> {
     let span = g.span();
     let outs: Vec<Chunk<'_>> = match out {
-        GOutput::C64(o) => o
-            .chunks_mut(n)
-            .flat_map(|r| r.chunks_mut(span))
-            .map(Chunk::C64)
-            .collect(),
-        GOutput::C128(o) => o
-            .chunks_mut(n)
-            .flat_map(|r| r.chunks_mut(span))
-            .map(Chunk::C128)
-            .collect(),
-        GOutput::Cf16(o) => o
-            .chunks_mut(n)
-            .flat_map(|r| r.chunks_mut(span))
-            .map(Chunk::Cf16)
-            .collect(),
-        GOutput::Cbf16(o) => o
-            .chunks_mut(n)
-            .flat_map(|r| r.chunks_mut(span))
-            .map(Chunk::Cbf16)
-            .collect(),
+        GOutput::C64(o) => o.chunks_mut(n).flat_map(|r| r.chunks_mut(span)).map(Chunk::C64).collect(),
+        GOutput::C128(o) => o.chunks_mut(n).flat_map(|r| r.chunks_mut(span)).map(Chunk::C128).collect(),
+        GOutput::Cf16(o) => o.chunks_mut(n).flat_map(|r| r.chunks_mut(span)).map(Chunk::Cf16).collect(),
+        GOutput::Cbf16(o) => o.chunks_mut(n).flat_map(|r| r.chunks_mut(span)).map(Chunk::Cbf16).collect(),
         GOutput::Quant(_) => return None,
     };
     // Geometry::new leaves no tile empty, so every tile has its share.
