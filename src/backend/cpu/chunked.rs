@@ -6,7 +6,6 @@
 //! returns `None` before or after computing, and the call runs the batch path, which owns the
 //! NaN policies, the f64 fallback and the singular-pivot report.
 
-use super::io::lane_fold;
 use super::store::{store_lane, store_unfused, Chunk};
 use super::Mode;
 use crate::backend::lanes::chunked::{fix_backward, fix_forward, ChunkTile, Chunked};
@@ -109,31 +108,21 @@ pub(super) fn solve(p: &Problem, v: &VInput<'_>, rows: usize, mode: Mode, out: &
     ok.then_some(SolveInfo { rows, rows_f64: if mode == Mode::F64 { rows } else { 0 }, chunked: true })
 }
 
-/// Positions from..to of row r of the input in T (`f32s`: scratch for the sources that widen
-/// through f32).
-fn input_span<T: Real>(v: &VInput<'_>, r: usize, n: usize, from: usize, f32s: &mut Vec<f32>, out: &mut [T]) {
-    let span = r * n + from..r * n + from + out.len();
-    if !matches!(v, VInput::F32(_) | VInput::F64(_)) {
-        f32s.resize(out.len(), 0.0);
-    }
-    let widen = |f32s: &[f32], out: &mut [T]| out.iter_mut().zip(f32s).for_each(|(o, &x)| *o = T::from_f32(x));
+/// `len` positions from `from` of row r of a half-precision or quantized input, widened to
+/// f32 (exactly) into `f32s`.
+fn input_f32s(v: &VInput<'_>, r: usize, n: usize, from: usize, f32s: &mut Vec<f32>, len: usize) {
+    let span = r * n + from..r * n + from + len;
+    f32s.resize(len, 0.0);
     match v {
-        VInput::F32(x) => widen(&x[span], out),
-        VInput::F64(x) => out.iter_mut().zip(&x[span]).for_each(|(o, &x)| *o = T::from_f64(x)),
-        VInput::F16(x) => {
-            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s);
-            widen(f32s, out)
-        }
-        VInput::Bf16(x) => {
-            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s);
-            widen(f32s, out)
-        }
+        VInput::F16(x) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s),
+        VInput::Bf16(x) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s),
         VInput::Quant(q) => {
             let spec = *q.spec();
             let (scale, zero) = row_params(&spec, q.params(), r, n);
             dequantize_span(&spec, scale, zero, q.row_codes(r), from, f32s);
-            widen(f32s, out)
         }
+        VInput::F32(x) => f32s.copy_from_slice(&x[span]),
+        VInput::F64(x) => f32s.iter_mut().zip(&x[span]).for_each(|(o, &x)| *o = x as f32),
     }
 }
 
@@ -143,8 +132,6 @@ struct Call<'a, T> {
     v: &'a VInput<'a>,
     n: usize,
     g: Geometry,
-    /// The couplings, padded with 0 (none past the row's end).
-    k: Vec<T>,
     /// The largest |v| the compute type takes (the batch path falls back to f64 beyond).
     too_big: T,
     avx2: bool,
@@ -161,9 +148,7 @@ fn run<T: Real + Chunked<L>>(p: &Problem, cs: &Consts<T>, v: &VInput<'_>, rows: 
         return false;
     };
     let mut tiles = take_tiles::<T>(rows * g.tiles, g.c);
-    let mut k = vec![T::ZERO; g.tiles * g.span()];
-    k[..n - 1].copy_from_slice(&cs.k[..n - 1]);
-    let call = Call { cs, v, n, g, k, too_big: vmax.map_or(T::from_f64(f64::INFINITY), T::from_f64), avx2 };
+    let call = Call { cs, v, n, g, too_big: vmax.map_or(T::from_f64(f64::INFINITY), T::from_f64), avx2 };
     let rows_of = |(r, (tiles, outs)): (usize, (&mut [ChunkTile<T, L>], &mut [Chunk<'_>]))| call.row(r, tiles, outs, parallel);
     // Rows on threads of their own where there are several; one row's tiles share the threads.
     let ok = if parallel && rows > 1 {
@@ -213,25 +198,48 @@ impl<T: Real + Chunked<L>> Call<'_, T> {
                 let (g, n, cs) = (self.g, self.n, self.cs);
                 let first = t * g.span();
                 let live = n.min(first + g.span()) - first;
-                let d = &mut ct.d_row;
-                input_span(self.v, r, n, first, &mut ct.f32s, &mut d[..live]);
-                // Finite (x − x is 0 exactly for finite x) and within the range of T's arithmetic,
-                // in per-lane folds that vectorise.
-                let (bad, big) = check_rows(&d[..live]);
+                // Re d = (c + v) + c_lo straight from the input where it is f32 or f64, through
+                // f32 scratch for the half and quantized formats; checked on the way.
+                let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
+                let d = &mut ct.d_row[..live];
+                let span = r * n + first..r * n + first + live;
+                let (bad, big) = match self.v {
+                    VInput::F32(x) => form_d(&x[span], T::from_f32, c, c_lo, d),
+                    VInput::F64(x) => form_d(&x[span], T::from_f64, c, c_lo, d),
+                    v => {
+                        input_f32s(v, r, n, first, &mut ct.f32s, live);
+                        form_d(&ct.f32s[..live], T::from_f32, c, c_lo, d)
+                    }
+                };
                 if bad != T::ZERO || big > self.too_big {
                     return false;
                 }
-                let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
-                for ((x, &c), &lo) in d[..live].iter_mut().zip(c).zip(c_lo) {
-                    *x = c + *x + lo;
-                }
-                d[live..].fill(T::from_f64(1.0));
+                ct.d_row[live..].fill(T::from_f64(1.0));
                 let d_rows: [&[T]; L] = std::array::from_fn(|l| &ct.d_row[l * g.c..][..g.c]);
                 T::fill_lanes(&d_rows, &mut ct.t.v);
-                let k = &self.k;
-                let k_rows: [&[T]; L] = std::array::from_fn(|l| &k[first + l * g.c..][..g.c]);
+                // The couplings: k_i for i < n − 1, 0 after (none past the row's end); read in
+                // place where a chunk lies inside k, from a padded copy for the row's last.
+                let k = &cs.k[..n - 1];
+                let tail = first + (k.len().saturating_sub(first) / g.c).min(L) * g.c;
+                ct.k_row.clear();
+                ct.k_row.extend((tail..first + g.span()).map(|i| if i < k.len() { k[i] } else { T::ZERO }));
+                let k_rows: [&[T]; L] = std::array::from_fn(|l| {
+                    let at = first + l * g.c;
+                    if at < tail {
+                        &k[at..at + g.c]
+                    } else {
+                        &ct.k_row[at - tail..][..g.c]
+                    }
+                });
                 T::fill_lanes(&k_rows, &mut ct.k);
-                ct.k_in = std::array::from_fn(|l| if first + l * g.c == 0 { T::ZERO } else { k[first + l * g.c - 1] });
+                ct.k_in = std::array::from_fn(|l| {
+                    let at = first + l * g.c;
+                    if at == 0 || at > k.len() {
+                        T::ZERO
+                    } else {
+                        k[at - 1]
+                    }
+                });
                 ct.guess_edges(cs.d_im);
                 // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
                 unsafe {
@@ -280,17 +288,14 @@ fn fix_row<T: Real>(row: &mut [ChunkTile<T, L>], chunks: usize, d_im: T) {
 /// non-finite G.
 fn finish_tile<T: Real + Chunked<L>>(ct: &mut ChunkTile<T, L>, chunk: &mut Chunk<'_>, c: usize, avx2: bool) -> bool {
     // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
-    unsafe {
+    let finite = unsafe {
         if avx2 {
             T::finish::<true>(ct)
         } else {
             T::finish::<false>(ct)
         }
-    }
-    // Padding and empty lanes hold finite values by construction, so whole planes are checked:
-    // x − x is 0 exactly for finite x.
-    let bad = |g: &[[T; L]]| lane_fold(g, |x| x - x, |a, b| a + b).iter().fold(T::ZERO, |a, &b| a + b);
-    if bad(&ct.t.g_re) + bad(&ct.t.g_im) != T::ZERO {
+    };
+    if !finite {
         return false;
     }
     let len = chunk.len();
@@ -308,22 +313,30 @@ fn finish_tile<T: Real + Chunked<L>>(ct: &mut ChunkTile<T, L>, chunk: &mut Chunk
     true
 }
 
-/// Σ (x − x) (0 exactly when every x is finite) and max |x| (a NaN never counts as larger),
-/// each in eight running folds so that they vectorise.
-fn check_rows<T: Real>(x: &[T]) -> (T, T) {
+/// d_i = (c_i + v_i) + c_lo_i for v_i = conv(src_i), as the batch recursion forms Re d, with
+/// Σ (v − v) (0 exactly when every v is finite) and max |v| (a NaN never counts as larger), each
+/// folded in eight running folds so that the loop vectorises.
+#[inline(always)]
+fn form_d<T: Real, U: Copy>(src: &[U], conv: impl Fn(U) -> T, c: &[T], c_lo: &[T], d: &mut [T]) -> (T, T) {
     let abs = |x: T| if x < T::ZERO { -x } else { x };
     let max = |m: T, a: T| if a > m { a } else { m };
     let (mut bad, mut big) = ([T::ZERO; 8], [T::ZERO; 8]);
-    let mut it = x.chunks_exact(8);
-    for c in &mut it {
+    let len = d.len();
+    let (src, c, c_lo) = (&src[..len], &c[..len], &c_lo[..len]);
+    let mut step = |j: usize, x: U, c: T, lo: T, d: &mut T| {
+        let x = conv(x);
+        bad[j] = bad[j] + (x - x);
+        big[j] = max(big[j], abs(x));
+        *d = c + x + lo;
+    };
+    let (mut dd, mut ss, mut cc, mut ll) = (d.chunks_exact_mut(8), src.chunks_exact(8), c.chunks_exact(8), c_lo.chunks_exact(8));
+    for (((d, s), c), lo) in (&mut dd).zip(&mut ss).zip(&mut cc).zip(&mut ll) {
         for j in 0..8 {
-            bad[j] = bad[j] + (c[j] - c[j]);
-            big[j] = max(big[j], abs(c[j]));
+            step(j, s[j], c[j], lo[j], &mut d[j]);
         }
     }
-    for &t in it.remainder() {
-        bad[0] = bad[0] + (t - t);
-        big[0] = max(big[0], abs(t));
+    for (((d, &s), &c), &lo) in dd.into_remainder().iter_mut().zip(ss.remainder()).zip(cc.remainder()).zip(ll.remainder()) {
+        step(0, s, c, lo, d);
     }
     (bad.iter().fold(T::ZERO, |a, &b| a + b), big.iter().fold(T::ZERO, |m, &a| max(m, a)))
 }

@@ -113,7 +113,7 @@ impl<'c, 'o, T: Real, const L: usize> Io<'c, 'o, T, L> {
 /// 64–128 dependent adds (≈ 12 % of an 8 × 512 call). Wide tiles have that parallelism across
 /// their registers already, and four folds of them would not fit in registers.
 #[inline(always)]
-pub(super) fn lane_fold<T: Real, const L: usize>(rows: &[[T; L]], f: impl Fn(T) -> T, op: impl Fn(T, T) -> T) -> [T; L] {
+fn lane_fold<T: Real, const L: usize>(rows: &[[T; L]], f: impl Fn(T) -> T, op: impl Fn(T, T) -> T) -> [T; L] {
     let step = |acc: &mut [T; L], row: &[T; L]| {
         for l in 0..L {
             acc[l] = op(acc[l], f(row[l]));

@@ -47,6 +47,8 @@ pub(crate) struct ChunkTile<T, const L: usize> {
     pub d_row: Vec<T>,
     /// Scratch for inputs that widen through f32 (half precision, quantized).
     pub f32s: Vec<f32>,
+    /// Scratch for the couplings of chunks that reach past the row's end, padded with 0.
+    pub k_row: Vec<T>,
 }
 
 impl<T: Real, const L: usize> ChunkTile<T, L> {
@@ -63,6 +65,7 @@ impl<T: Real, const L: usize> ChunkTile<T, L> {
             b_in: ([T::ZERO; L], [T::ZERO; L]),
             d_row: vec![T::ZERO; L * c],
             f32s: Vec::new(),
+            k_row: Vec::new(),
         }
     }
 
@@ -214,12 +217,15 @@ fn fix_backward_lane<T: Real, const L: usize>(b: &mut Backward<'_, T, L>, l: usi
 }
 
 /// G_i = 1/(α_i − s_i·conj(β_{i+1})) over α in the tile's G planes, vectorised; β_{i+1} of a
-/// chunk's last position is its `b_in`.
+/// chunk's last position is its `b_in`. Returns whether every G (padding included, finite by
+/// construction) is finite: Σ (x − x) is 0 exactly then, folded in registers on the way.
 #[inline(always)]
-fn finish<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(ct: &mut ChunkTile<T, L>) {
+fn finish<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(ct: &mut ChunkTile<T, L>) -> bool {
     const { assert!(S::W * K == L) };
     let c = ct.len();
     let w = S::W;
+    let one = S::splat(T::from_f64(1.0));
+    let mut bad = [S::splat(T::ZERO); K];
     let ChunkTile { t, b_re, b_im, s, b_in, .. } = ct;
     for i in 0..c {
         let (nr, ni) = if i + 1 < c { (&b_re[i + 1], &b_im[i + 1]) } else { (&b_in.0, &b_in.1) };
@@ -228,10 +234,16 @@ fn finish<T: Real, S: Vector<T = T>, const K: usize, const L: usize>(ct: &mut Ch
             let den =
                 (S::nmul_add(si, S::load(&nr[q * w..]), S::load(&t.g_re[i][q * w..])), S::mul_add(si, S::load(&ni[q * w..]), S::load(&t.g_im[i][q * w..])));
             let (gr, gi) = reciprocal(den.0, den.1);
+            bad[q] = bad[q].add(S::nmul_add(one, gr, gr)).add(S::nmul_add(one, gi, gi));
             gr.store(&mut t.g_re[i][q * w..]);
             gi.store(&mut t.g_im[i][q * w..]);
         }
     }
+    let mut lanes = [T::ZERO; L];
+    for q in 0..K {
+        bad[q].store(&mut lanes[q * w..]);
+    }
+    lanes.iter().fold(T::ZERO, |a, &b| a + b) == T::ZERO
 }
 
 /// [`speculate`] and [`finish`] at the register width of each type, as [`super::Recur`] does
@@ -240,9 +252,11 @@ pub(crate) trait Chunked<const L: usize>: Real {
     /// # Safety
     /// With `AVX2`, the CPU must have AVX2 and FMA.
     unsafe fn speculate<const AVX2: bool>(ct: &mut ChunkTile<Self, L>, d_im: Self);
+    /// Whether every G is finite.
+    ///
     /// # Safety
     /// With `AVX2`, the CPU must have AVX2 and FMA.
-    unsafe fn finish<const AVX2: bool>(ct: &mut ChunkTile<Self, L>);
+    unsafe fn finish<const AVX2: bool>(ct: &mut ChunkTile<Self, L>) -> bool;
 }
 
 macro_rules! chunked_impl {
@@ -265,7 +279,7 @@ macro_rules! chunked_impl {
                 )
             }
             #[inline(always)]
-            unsafe fn finish<const AVX2: bool>(ct: &mut ChunkTile<Self, $l>) {
+            unsafe fn finish<const AVX2: bool>(ct: &mut ChunkTile<Self, $l>) -> bool {
                 #[cfg(target_arch = "x86_64")]
                 if AVX2 {
                     type S = super::avx2::$avx;
