@@ -14,6 +14,8 @@ fn solve(c: &mut Criterion) {
         (256, 512),
         (32, 128),
         (16, 4096),
+        // Few long rows: the chunked path.
+        (1, 8192),
         (1, 65536),
     ] {
         let p = Problem::laplacian(n, Complex64::new(0.0, 1.0)).unwrap();
