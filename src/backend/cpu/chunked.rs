@@ -6,13 +6,13 @@
 //! a non-finite G, a quantized output) returns `None` before or after computing, and the call runs
 //! the batch path, which owns the NaN policies, the f64 fallback and the singular-pivot report.
 
+use super::io::widen_span;
 use super::store::{store_lane, store_unfused, Chunk};
 use super::Mode;
 use crate::backend::lanes::chunked::{fix_backward, fix_forward, ChunkTile, Chunked};
-use crate::backend::lanes::{Consts, Real};
+use crate::backend::lanes::{with_avx2, Consts, Real};
 use crate::backend::{GOutput, SolveInfo, VInput, F32_MAX_V};
 use crate::problem::Problem;
-use crate::quant::tensor::{dequantize_span, row_params};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -116,24 +116,6 @@ pub(super) fn solve(p: &Problem, v: &VInput<'_>, rows: usize, mode: Mode, out: &
     ok.then_some(SolveInfo { rows, rows_f64: if mode == Mode::F64 { rows } else { 0 }, chunked: true })
 }
 
-/// `len` positions from `from` of row r of a half-precision or quantized input, widened to
-/// f32 (exactly) into `f32s`.
-fn input_f32s(v: &VInput<'_>, r: usize, n: usize, from: usize, f32s: &mut Vec<f32>, len: usize) {
-    let span = r * n + from..r * n + from + len;
-    f32s.resize(len, 0.0);
-    match v {
-        VInput::F16(x) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s),
-        VInput::Bf16(x) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&x[span], f32s),
-        VInput::Quant(q) => {
-            let spec = *q.spec();
-            let (scale, zero) = row_params(&spec, q.params(), r, n);
-            dequantize_span(&spec, scale, zero, q.row_codes(r), from, f32s);
-        }
-        VInput::F32(x) => f32s.copy_from_slice(&x[span]),
-        VInput::F64(x) => f32s.iter_mut().zip(&x[span]).for_each(|(o, &x)| *o = x as f32),
-    }
-}
-
 /// What every tile of a call shares.
 struct Call<'a, T> {
     cs: &'a Consts<T>,
@@ -180,9 +162,16 @@ impl<T: Real + Chunked<L>> Call<'_, T> {
         if !ok {
             return false;
         }
-        fix_row(tiles, self.n.div_ceil(self.g.c), self.cs.d_im);
+        // Phase 2: both chains of every chunk rerun from the true edge values, forward in row
+        // order and backward in reverse. (The two directions are independent, but running them
+        // on two threads measured slower: waking the second thread cost more than the reruns,
+        // 1 × 8192 25 → 43 µs.)
+        let chunks = self.n.div_ceil(self.g.c);
+        fix_forward(tiles, chunks, self.cs.d_im);
+        fix_backward(tiles, chunks, self.cs.d_im);
         let c = self.g.c;
-        let finish = |(ct, chunk): (&mut ChunkTile<T, L>, &mut Chunk<'_>)| {
+        // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
+        let finish = |(ct, chunk): (&mut ChunkTile<T, L>, &mut Chunk<'_>)| unsafe {
             with_avx2(
                 self.avx2,
                 #[inline(always)]
@@ -199,96 +188,75 @@ impl<T: Real + Chunked<L>> Call<'_, T> {
     /// Phase 1 for tile t of row r: Re d formed as the batch recursion forms it (padding: d = 1),
     /// checked, transposed into lanes with the couplings, both chains from guessed edges.
     fn speculate(&self, r: usize, t: usize, ct: &mut ChunkTile<T, L>) -> bool {
-        with_avx2(
-            self.avx2,
-            #[inline(always)]
-            || {
-                let (g, n, cs) = (self.g, self.n, self.cs);
-                let first = t * g.span();
-                let live = n.min(first + g.span()) - first;
-                // Re d = (c + v) + c_lo straight from the input where it is f32 or f64, through
-                // f32 scratch for the half and quantized formats; checked on the way.
-                let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
-                let d = &mut ct.d_row[..live];
-                let span = r * n + first..r * n + first + live;
-                let (bad, big) = match self.v {
-                    VInput::F32(x) => form_d(&x[span], T::from_f32, c, c_lo, d),
-                    VInput::F64(x) => form_d(&x[span], T::from_f64, c, c_lo, d),
-                    v => {
-                        input_f32s(v, r, n, first, &mut ct.f32s, live);
-                        form_d(&ct.f32s[..live], T::from_f32, c, c_lo, d)
-                    }
-                };
-                if bad != T::ZERO || big > self.too_big {
-                    return false;
-                }
-                ct.d_row[live..].fill(T::from_f64(1.0));
-                let d_rows: [&[T]; L] = std::array::from_fn(|l| &ct.d_row[l * g.c..][..g.c]);
-                T::fill_lanes(&d_rows, &mut ct.t.v);
-                // The couplings: k_i for i < n − 1, 0 after (none past the row's end); read in
-                // place where a chunk lies inside k, from a padded copy for the row's last.
-                let k = &cs.k[..n - 1];
-                let tail = first + (k.len().saturating_sub(first) / g.c).min(L) * g.c;
-                ct.k_row.clear();
-                ct.k_row.extend((tail..first + g.span()).map(|i| if i < k.len() { k[i] } else { T::ZERO }));
-                let k_rows: [&[T]; L] = std::array::from_fn(|l| {
-                    let at = first + l * g.c;
-                    if at < tail {
-                        &k[at..at + g.c]
-                    } else {
-                        &ct.k_row[at - tail..][..g.c]
-                    }
-                });
-                T::fill_lanes(&k_rows, &mut ct.k);
-                ct.k_in = std::array::from_fn(|l| {
-                    let at = first + l * g.c;
-                    if at == 0 || at > k.len() {
-                        T::ZERO
-                    } else {
-                        k[at - 1]
-                    }
-                });
-                ct.guess_edges(cs.d_im);
-                // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
-                unsafe {
-                    if self.avx2 {
-                        T::speculate::<true>(ct, cs.d_im)
-                    } else {
-                        T::speculate::<false>(ct, cs.d_im)
-                    }
-                }
-                true
-            },
-        )
-    }
-}
-
-/// Runs `f` compiled for AVX2 + FMA where `avx2` says the CPU has them (the staging, checks
-/// and stores around the vectorised passes).
-#[inline(always)]
-fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        /// # Safety
-        /// The CPU must have AVX2 and FMA.
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
         // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
-        return unsafe { on(f) };
+        unsafe {
+            with_avx2(
+                self.avx2,
+                #[inline(always)]
+                || self.speculate_body(r, t, ct),
+            )
+        }
     }
-    f()
-}
 
-/// Phase 2 for one row's tiles: both chains of every chunk rerun from the true edge values,
-/// forward in row order and backward in reverse; `chunks` of the tiles' lanes hold positions of
-/// the row. (The two directions are independent, but running them on two threads measured
-/// slower: waking the second thread cost more than the reruns, 1 × 8192 25 → 43 µs.)
-fn fix_row<T: Real>(row: &mut [ChunkTile<T, L>], chunks: usize, d_im: T) {
-    let (mut fw, mut bw): (Vec<_>, Vec<_>) = row.iter_mut().map(|t| t.split()).unzip();
-    fix_forward(&mut fw, chunks, d_im);
-    fix_backward(&mut bw, chunks, d_im);
+    #[inline(always)]
+    fn speculate_body(&self, r: usize, t: usize, ct: &mut ChunkTile<T, L>) -> bool {
+        let (g, n, cs) = (self.g, self.n, self.cs);
+        let first = t * g.span();
+        let live = n.min(first + g.span()) - first;
+        // Re d = (c + v) + c_lo straight from the input where it is f32 or f64, through
+        // f32 scratch for the half and quantized formats; checked on the way.
+        let (c, c_lo) = (&cs.c[first..first + live], &cs.c_lo[first..first + live]);
+        let d = &mut ct.d_row[..live];
+        let span = r * n + first..r * n + first + live;
+        let (bad, big) = match self.v {
+            VInput::F32(x) => form_d(&x[span], T::from_f32, c, c_lo, d),
+            VInput::F64(x) => form_d(&x[span], T::from_f64, c, c_lo, d),
+            v => {
+                ct.f32s.resize(live, 0.0);
+                widen_span(v, r, n, first, &mut ct.f32s);
+                form_d(&ct.f32s, T::from_f32, c, c_lo, d)
+            }
+        };
+        if bad != T::ZERO || big > self.too_big {
+            return false;
+        }
+        ct.d_row[live..].fill(T::from_f64(1.0));
+        let d_rows: [&[T]; L] = std::array::from_fn(|l| &ct.d_row[l * g.c..][..g.c]);
+        T::fill_lanes(&d_rows, &mut ct.t.v);
+        // The couplings: k_i for i < n − 1, 0 after (none past the row's end); read in
+        // place where a chunk lies inside k, from a padded copy for the row's last.
+        let k = &cs.k[..n - 1];
+        let tail = first + (k.len().saturating_sub(first) / g.c).min(L) * g.c;
+        ct.k_row.clear();
+        ct.k_row.extend((tail..first + g.span()).map(|i| if i < k.len() { k[i] } else { T::ZERO }));
+        let k_rows: [&[T]; L] = std::array::from_fn(|l| {
+            let at = first + l * g.c;
+            if at < tail {
+                &k[at..at + g.c]
+            } else {
+                &ct.k_row[at - tail..][..g.c]
+            }
+        });
+        T::fill_lanes(&k_rows, &mut ct.k);
+        ct.k_in = std::array::from_fn(|l| {
+            let at = first + l * g.c;
+            if at == 0 || at > k.len() {
+                T::ZERO
+            } else {
+                k[at - 1]
+            }
+        });
+        ct.guess_edges(cs.d_im);
+        // SAFETY: `avx2` is true only where the caller found AVX2 and FMA.
+        unsafe {
+            if self.avx2 {
+                T::speculate::<true>(ct, cs.d_im)
+            } else {
+                T::speculate::<false>(ct, cs.d_im)
+            }
+        }
+        true
+    }
 }
 
 /// Phase 3 for one tile: G, checked for finiteness, stored into the tile's share of the

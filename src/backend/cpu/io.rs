@@ -148,18 +148,35 @@ fn ahead<E>(row: &[E], at: usize, block: usize) -> &[E] {
     &row[from..(from + block).min(row.len())]
 }
 
-/// Row blocks of a half-precision input (rows of n), widened exactly to f32 for
-/// [`Io::fill_staged`], each asking for its lines two blocks ahead.
+/// Positions i0..i0 + out.len() of row r (rows of n) of a half-precision or quantized input,
+/// widened exactly to f32, after asking for the row's lines two blocks further on (rows are too
+/// short for the hardware prefetcher to lock on to). f32 and f64 inputs are read in place by
+/// every caller and leave `out` untouched.
 #[inline(always)]
-fn widen_rows<H>(x: &[H], n: usize) -> impl Fn(usize, usize, &mut [f32]) + '_
-where
-    [H]: half::slice::HalfFloatSliceExt,
-{
-    #[inline(always)]
-    move |r, i0, out| {
-        let row = &x[r * n..(r + 1) * n];
-        prefetch(ahead(row, i0, BLOCK));
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[i0..i0 + out.len()], out)
+pub(super) fn widen_span(v: &VInput<'_>, r: usize, n: usize, i0: usize, out: &mut [f32]) {
+    let span = i0..i0 + out.len();
+    match v {
+        VInput::F16(x) => {
+            let row = &x[r * n..(r + 1) * n];
+            prefetch(ahead(row, i0, BLOCK));
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[span], out)
+        }
+        VInput::Bf16(x) => {
+            let row = &x[r * n..(r + 1) * n];
+            prefetch(ahead(row, i0, BLOCK));
+            half::slice::HalfFloatSliceExt::convert_to_f32_slice(&row[span], out)
+        }
+        VInput::Quant(q) => {
+            let spec = *q.spec();
+            let codes = q.row_codes(r);
+            prefetch(match spec.bits {
+                Bits::Int8 => ahead(codes, i0, BLOCK),
+                Bits::Int4 => ahead(codes, i0 / 2, BLOCK / 2),
+            });
+            let (scale, zero) = row_params(&spec, q.params(), r, n);
+            dequantize_span(&spec, scale, zero, codes, i0, out)
+        }
+        VInput::F32(_) | VInput::F64(_) => {}
     }
 }
 
@@ -177,21 +194,9 @@ impl<T: Real, const L: usize> TileIo<T, L> for Io<'_, '_, T, L> {
             }
             VInput::F64(x) => Self::fill_with(v, i0, |l, i| T::from_f64(x[rows[l] * n + i])),
             // f32-valued sources: each row's block to f32 first (contiguous, vectorised), then
-            // the same transpose as f32 input. Each asks for its row's lines two blocks ahead
-            // (rows are too short for the hardware prefetcher to lock on to).
-            VInput::F16(x) => self.fill_staged(i0, v, widen_rows(x, n)),
-            VInput::Bf16(x) => self.fill_staged(i0, v, widen_rows(x, n)),
-            VInput::Quant(q) => {
-                let spec = *q.spec();
-                self.fill_staged(i0, v, #[inline(always)] |r, i0, out| {
-                    let codes = q.row_codes(r);
-                    prefetch(match spec.bits {
-                        Bits::Int8 => ahead(codes, i0, BLOCK),
-                        Bits::Int4 => ahead(codes, i0 / 2, BLOCK / 2),
-                    });
-                    let (scale, zero) = row_params(&spec, q.params(), r, n);
-                    dequantize_span(&spec, scale, zero, codes, i0, out)
-                })
+            // the same transpose as f32 input.
+            src @ (VInput::F16(_) | VInput::Bf16(_) | VInput::Quant(_)) => {
+                self.fill_staged(i0, v, #[inline(always)] |r, i0, out| widen_span(&src, r, n, i0, out))
             }
         }
         // Finiteness, vectorised over lanes.

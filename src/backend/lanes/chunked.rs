@@ -127,34 +127,6 @@ fn same<T: Real>(a: T, b: T) -> bool {
     a.to_f64().to_bits() == b.to_f64().to_bits()
 }
 
-/// What the α chains' fix-up reads and writes of one tile.
-pub(crate) struct Forward<'a, T, const L: usize> {
-    d: &'a [[T; L]],
-    k: &'a [[T; L]],
-    k_in: &'a [T; L],
-    a_re: &'a mut [[T; L]],
-    a_im: &'a mut [[T; L]],
-    a_in: &'a mut ([T; L], [T; L]),
-}
-
-/// What the β chains' fix-up reads and writes of one tile.
-pub(crate) struct Backward<'a, T, const L: usize> {
-    d: &'a [[T; L]],
-    k: &'a [[T; L]],
-    b_re: &'a mut [[T; L]],
-    b_im: &'a mut [[T; L]],
-    s: &'a mut [[T; L]],
-    b_in: &'a mut ([T; L], [T; L]),
-}
-
-impl<T: Real, const L: usize> ChunkTile<T, L> {
-    /// The tile as the two fix-ups see it: each the planes it writes, both what they read.
-    pub fn split(&mut self) -> (Forward<'_, T, L>, Backward<'_, T, L>) {
-        let ChunkTile { t: Tile { v, g_re, g_im }, k, b_re, b_im, s, k_in, a_in, b_in, .. } = self;
-        (Forward { d: v, k, k_in, a_re: g_re, a_im: g_im, a_in }, Backward { d: v, k, b_re, b_im, s, b_in })
-    }
-}
-
 /// Which tile and lane hold chunk m of a row.
 fn chunk_at<const L: usize>(m: usize) -> (usize, usize) {
     (m / L, m % L)
@@ -162,18 +134,18 @@ fn chunk_at<const L: usize>(m: usize) -> (usize, usize) {
 
 /// The α chains of one row's tiles (`chunks` of whose lanes hold positions of the row), each
 /// rerun from the true α before it, in row order, until it meets the stored chain.
-pub(crate) fn fix_forward<T: Real, const L: usize>(row: &mut [Forward<'_, T, L>], chunks: usize, d_im: T) {
+pub(crate) fn fix_forward<T: Real, const L: usize>(row: &mut [ChunkTile<T, L>], chunks: usize, d_im: T) {
     for m in 1..chunks {
         let ((tp, lp), (t, l)) = (chunk_at::<L>(m - 1), chunk_at::<L>(m));
-        let c = row[tp].d.len();
-        let carry = (row[tp].a_re[c - 1][lp], row[tp].a_im[c - 1][lp]);
+        let c = row[tp].len();
+        let carry = (row[tp].t.g_re[c - 1][lp], row[tp].t.g_im[c - 1][lp]);
         fix_forward_lane(&mut row[t], l, carry, d_im);
     }
 }
 
 /// The β chains of one row's tiles, each rerun from the true β after it, in reverse row order,
 /// until it meets the stored chain.
-pub(crate) fn fix_backward<T: Real, const L: usize>(row: &mut [Backward<'_, T, L>], chunks: usize, d_im: T) {
+pub(crate) fn fix_backward<T: Real, const L: usize>(row: &mut [ChunkTile<T, L>], chunks: usize, d_im: T) {
     for m in (0..chunks.saturating_sub(1)).rev() {
         let ((tn, ln), (t, l)) = (chunk_at::<L>(m + 1), chunk_at::<L>(m));
         let carry = (row[tn].b_re[0][ln], row[tn].b_im[0][ln]);
@@ -183,36 +155,37 @@ pub(crate) fn fix_backward<T: Real, const L: usize>(row: &mut [Backward<'_, T, L
 
 /// Reruns the α chain of lane `l` from the true α before it (`carry`), until it meets the
 /// stored chain.
-fn fix_forward_lane<T: Real, const L: usize>(f: &mut Forward<'_, T, L>, l: usize, carry: (T, T), d_im: T) {
+fn fix_forward_lane<T: Real, const L: usize>(ct: &mut ChunkTile<T, L>, l: usize, carry: (T, T), d_im: T) {
     type S1<U> = V<U, 1>;
-    (f.a_in.0[l], f.a_in.1[l]) = carry;
+    (ct.a_in.0[l], ct.a_in.1[l]) = carry;
     let (mut xr, mut xi) = (S1::splat(carry.0), S1::splat(carry.1));
     let d_im = S1::splat(d_im);
-    for i in 0..f.d.len() {
-        let ki = if i == 0 { f.k_in[l] } else { f.k[i - 1][l] };
-        pivot(S1::splat(ki), S1::splat(f.d[i][l]), d_im, &mut xr, &mut xi);
-        if same(xr.0[0], f.a_re[i][l]) && same(xi.0[0], f.a_im[i][l]) {
+    let ChunkTile { t: Tile { v: d, g_re: a_re, g_im: a_im }, k, k_in, .. } = ct;
+    for i in 0..d.len() {
+        let ki = if i == 0 { k_in[l] } else { k[i - 1][l] };
+        pivot(S1::splat(ki), S1::splat(d[i][l]), d_im, &mut xr, &mut xi);
+        if same(xr.0[0], a_re[i][l]) && same(xi.0[0], a_im[i][l]) {
             return;
         }
-        (f.a_re[i][l], f.a_im[i][l]) = (xr.0[0], xi.0[0]);
+        (a_re[i][l], a_im[i][l]) = (xr.0[0], xi.0[0]);
     }
 }
 
 /// Reruns the β chain of lane `l` from the true β after it (`carry`), until it meets the stored
 /// chain.
-fn fix_backward_lane<T: Real, const L: usize>(b: &mut Backward<'_, T, L>, l: usize, carry: (T, T), d_im: T) {
+fn fix_backward_lane<T: Real, const L: usize>(ct: &mut ChunkTile<T, L>, l: usize, carry: (T, T), d_im: T) {
     type S1<U> = V<U, 1>;
-    (b.b_in.0[l], b.b_in.1[l]) = carry;
+    (ct.b_in.0[l], ct.b_in.1[l]) = carry;
     let (mut yr, mut yi) = (S1::splat(carry.0), S1::splat(carry.1));
     let d_im = S1::splat(d_im);
-    let c = b.d.len();
-    for i in (0..c).rev() {
+    let ChunkTile { t: Tile { v: d, .. }, k, b_re, b_im, s, .. } = ct;
+    for i in (0..d.len()).rev() {
         // s_i comes from β_{i+1}, which differed until now: kept even where β_i meets.
-        b.s[i][l] = pivot(S1::splat(b.k[i][l]), S1::splat(b.d[i][l]), d_im, &mut yr, &mut yi).0[0];
-        if same(yr.0[0], b.b_re[i][l]) && same(yi.0[0], b.b_im[i][l]) {
+        s[i][l] = pivot(S1::splat(k[i][l]), S1::splat(d[i][l]), d_im, &mut yr, &mut yi).0[0];
+        if same(yr.0[0], b_re[i][l]) && same(yi.0[0], b_im[i][l]) {
             return;
         }
-        (b.b_re[i][l], b.b_im[i][l]) = (yr.0[0], yi.0[0]);
+        (b_re[i][l], b_im[i][l]) = (yr.0[0], yi.0[0]);
     }
 }
 

@@ -415,12 +415,29 @@ mod avx2 {
     /// The CPU must have AVX2 and FMA (true wherever the vector types exist).
     #[target_feature(enable = "avx2,fma")]
     #[inline(never)]
-    unsafe fn isolated<R>(f: impl FnOnce() -> R) -> R {
+    pub(super) unsafe fn isolated<R>(f: impl FnOnce() -> R) -> R {
         f()
     }
 
     vector!(F32x8, __m256, f32, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_add_ps, _mm256_mul_ps, _mm256_div_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps);
     vector!(F64x4, __m256d, f64, 4, _mm256_set1_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_add_pd, _mm256_mul_pd, _mm256_div_pd, _mm256_fmadd_pd, _mm256_fnmadd_pd);
+}
+
+/// Runs `f` in a function compiled for AVX2 + FMA where `avx2` is true, as plain code where it
+/// is not: how the tile I/O around the recursion gets those instructions too. Mark the closure
+/// `#[inline(always)]` (see [`Vector::isolate`]).
+///
+/// # Safety
+/// With `avx2`, the CPU must have AVX2 and FMA.
+#[inline(always)]
+pub(crate) unsafe fn with_avx2<R>(avx2: bool, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY (caller): the CPU has AVX2 and FMA.
+        return unsafe { avx2::isolated(f) };
+    }
+    let _ = avx2;
+    f()
 }
 
 /// Positions per I/O block: the recursion asks for its input and hands over its output in
